@@ -1,0 +1,1 @@
+"""fer_nb: the shared package of the FER metric-learning book."""

@@ -1,0 +1,184 @@
+"""Scale presets and the one frozen run configuration of a notebook.
+
+Each notebook has a preset file ``fer_nb/presets/<notebook>.yaml``::
+
+    datasets: [synthfacs, rafdb]        # DATASET values this notebook accepts
+    smoke: {epochs: 1, batch_size: 32, image_size: 48, ...}
+    small: {...}
+    paper: {...}
+
+:func:`resolve` validates the parameters a reader (or papermill) passes and returns a
+:class:`Config`. All derived values come from here, never from the notebook's parameters cell.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Mapping
+
+import torch
+import yaml
+
+from fer_nb.device import pick_device
+
+SCALES = ("smoke", "small", "paper")
+PRESET_DIR = Path(__file__).parent / "presets"
+DATA_ENV = "FER_NB_DATA"
+
+
+def available_notebooks() -> list[str]:
+    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+
+
+def load_presets(notebook: str) -> dict:
+    path = PRESET_DIR / f"{notebook}.yaml"
+    if not path.exists():
+        raise ValueError(
+            f"no presets for notebook {notebook!r}; known notebooks: {available_notebooks()}"
+        )
+    with open(path) as fh:
+        presets = yaml.safe_load(fh)
+    missing = [s for s in SCALES if s not in presets]
+    if missing:
+        raise ValueError(f"{path} lacks the scale(s) {missing}")
+    return presets
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything a notebook run depends on. ``hp`` holds the scale's hyperparameters."""
+
+    notebook: str
+    scale: str
+    dataset: str
+    data_root: Path | None
+    device: torch.device
+    seeds: tuple[int, ...]
+    out_dir: Path
+    hp: Mapping[str, Any] = field(default_factory=dict)
+
+    def __getattr__(self, name: str) -> Any:  # cfg.epochs == cfg.hp["epochs"]
+        hp = object.__getattribute__(self, "hp")
+        if name in hp:
+            return hp[name]
+        raise AttributeError(f"Config has no field or hyperparameter {name!r}; hyperparameters: {sorted(hp)}")
+
+    def as_dict(self) -> dict:
+        return {
+            "notebook": self.notebook, "scale": self.scale, "dataset": self.dataset,
+            "data_root": str(self.data_root) if self.data_root else None,
+            "device": str(self.device), "seeds": list(self.seeds), "out_dir": str(self.out_dir),
+            "hp": dict(self.hp),
+        }
+
+    def run_hash(self, **extra: Any) -> str:
+        """Hash of what determines a training run's result (not the device or output folder).
+
+        ``extra`` names the run inside the notebook (variant, seed, ...). Stored in every
+        checkpoint; :func:`fer_nb.train.fit_or_load` refuses a checkpoint whose hash differs.
+        """
+        payload = {
+            "notebook": self.notebook, "scale": self.scale, "dataset": self.dataset,
+            "data_root": str(self.data_root) if self.data_root else None,
+            "hp": dict(self.hp), "extra": extra,
+        }
+        blob = json.dumps(payload, sort_keys=True, default=str).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def _check_type(name: str, value: Any, reference: Any) -> Any:
+    """Accept ``value`` for a hyperparameter whose preset value is ``reference``."""
+    if reference is None:
+        return value
+    if isinstance(reference, bool):
+        if not isinstance(value, bool):
+            raise TypeError(f"hyperparameter {name!r} must be True/False, got {value!r}")
+        return value
+    if isinstance(reference, int):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"hyperparameter {name!r} must be an int, got {value!r} ({type(value).__name__})")
+        return value
+    if isinstance(reference, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise TypeError(f"hyperparameter {name!r} must be a number, got {value!r}")
+        return float(value)
+    if isinstance(reference, str):
+        if not isinstance(value, str):
+            raise TypeError(f"hyperparameter {name!r} must be a string, got {value!r}")
+        return value
+    if isinstance(reference, (list, tuple)):
+        if not isinstance(value, (list, tuple)):
+            raise TypeError(f"hyperparameter {name!r} must be a list, got {value!r}")
+        return list(value)
+    return value
+
+
+def _freeze(value: Any) -> Any:
+    if isinstance(value, list):
+        return tuple(_freeze(v) for v in value)
+    if isinstance(value, dict):
+        return MappingProxyType({k: _freeze(v) for k, v in value.items()})
+    return value
+
+
+def resolve(
+    notebook: str,
+    scale: str = "smoke",
+    dataset: str = "synthfacs",
+    data_root: str | os.PathLike | None = None,
+    device: str = "auto",
+    seeds: int | list[int] = 1,
+    out_dir: str | os.PathLike | None = None,
+    **overrides: Any,
+) -> Config:
+    """Validate a notebook's parameters and return its frozen :class:`Config`.
+
+    ``seeds``: an int ``n`` means seeds ``0..n-1``; a list is taken as is. ``data_root`` falls
+    back to the ``FER_NB_DATA`` environment variable for real datasets. ``overrides`` replace
+    hyperparameters of the scale preset (unknown names and wrong types are errors).
+    """
+    if not isinstance(scale, str) or scale not in SCALES:
+        raise ValueError(f"unknown SCALE {scale!r}; use one of {SCALES}")
+    presets = load_presets(notebook)
+    datasets = presets.get("datasets", ["synthfacs"])
+    if not isinstance(dataset, str) or dataset not in datasets:
+        raise ValueError(f"DATASET {dataset!r} is not used by notebook {notebook!r}; use one of {datasets}")
+    if isinstance(seeds, bool) or not isinstance(seeds, (int, list, tuple)):
+        raise TypeError(f"SEEDS must be an int (how many) or a list of ints, got {seeds!r}")
+    if isinstance(seeds, int):
+        if seeds < 1:
+            raise ValueError(f"SEEDS must be >= 1, got {seeds}")
+        seed_list = tuple(range(seeds))
+    else:
+        if not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
+            raise TypeError(f"SEEDS as a list must hold ints, got {seeds!r}")
+        seed_list = tuple(seeds)
+    root = data_root if data_root not in (None, "") else os.environ.get(DATA_ENV) or None
+    if root is not None and not isinstance(root, (str, os.PathLike)):
+        raise TypeError(f"DATA_ROOT must be a path string or None, got {root!r}")
+    if dataset != "synthfacs" and root is None:
+        raise ValueError(
+            f"DATASET={dataset!r} needs the data on disk: pass DATA_ROOT='/path/to/datasets' or set "
+            f"the {DATA_ENV} environment variable (see the Datasets chapter for the layout)"
+        )
+    hp = dict(presets[scale])
+    for name, value in overrides.items():
+        if name not in hp:
+            raise KeyError(f"unknown hyperparameter {name!r} for {notebook}/{scale}; known: {sorted(hp)}")
+        hp[name] = _check_type(name, value, hp[name])
+    if out_dir is None:
+        out_dir = Path("runs") / notebook
+    if not isinstance(out_dir, (str, os.PathLike)):
+        raise TypeError(f"OUT_DIR must be a path string, got {out_dir!r}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    return Config(
+        notebook=notebook, scale=scale, dataset=dataset,
+        data_root=Path(root).expanduser() if root is not None else None,
+        device=pick_device(device), seeds=seed_list, out_dir=out,
+        hp=MappingProxyType({k: _freeze(v) for k, v in hp.items()}),
+    )
