@@ -1,0 +1,168 @@
+"""Center loss (Wen et al., ECCV 2016), as used in Racoviteanu et al., Eq. 1.
+
+Racoviteanu et al. write the center loss as (their Eq. 1)
+
+.. math::
+
+    \\mathcal{L}_C = \\sum_{i=1}^N \\|\\mathbf{x}_i - \\mathbf{c}^{y_i}\\|_2, \\qquad
+    \\mathbf{c}^j = \\frac{\\sum_i \\alpha_i^j \\mathbf{x}_i}{\\sum_i \\alpha_i^j},
+
+i.e. the distance of each embedding to the mean embedding of its class. Wen et al. use the
+*squared* distance, ``1/2 sum_i ||x_i - c_{y_i}||^2``, with centres that follow the class means by
+a moving update with a centroid learning rate ``alpha`` (their Eq. 4):
+
+.. math::
+
+    \\Delta\\mathbf{c}_j = \\frac{\\sum_{i: y_i = j} (\\mathbf{c}_j - \\mathbf{x}_i)}{1 + n_j},
+    \\qquad \\mathbf{c}_j \\leftarrow \\mathbf{c}_j - \\alpha\\, \\Delta\\mathbf{c}_j .
+
+This module offers both (``squared=True`` is Wen's and the common form, ``squared=False`` is the
+literal Eq. 1) and two ways to learn the centres:
+
+* ``update="moving"`` (default): ``centers`` is a **buffer**; every ``forward`` in training mode
+  (``module.train()``) applies the moving update above with the *detached* embeddings of the batch
+  (rows with label ``-1`` are ignored). A class seen for the first time has its centre set to its
+  batch mean (Eq. 1's centroid), so training does not start from arbitrary centres. In
+  ``eval()`` mode the centres are frozen. No gradient flows into the centres.
+* ``update="sgd"``: ``centers`` is an ``nn.Parameter`` that the caller's optimizer updates from
+  the gradient of the loss (the loss then also pulls the centres towards the embeddings).
+
+Labels equal to ``-1`` are ignored (unlabelled rows in a semi-supervised batch). All distances are
+computed in float32 (float64 inputs stay float64), also under autocast.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+REDUCTIONS = ("mean", "sum", "none")
+UPDATES = ("moving", "sgd")
+
+
+def working_dtype(x: torch.Tensor) -> torch.dtype:
+    """float64 stays float64; everything else (bf16/fp16 under autocast, float32) becomes float32."""
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+def check_inputs(embeddings: torch.Tensor, labels: torch.Tensor, num_classes: int, embedding_dim: int,
+                 name: str) -> None:
+    """Shape/range checks shared by the centroid losses (errors name the fix)."""
+    if embeddings.ndim != 2 or embeddings.shape[1] != embedding_dim:
+        raise ValueError(
+            f"{name}: embeddings must be (batch, {embedding_dim}), got {tuple(embeddings.shape)}; "
+            f"build the loss with embedding_dim={embeddings.shape[-1] if embeddings.ndim else '?'}"
+        )
+    if labels.ndim != 1 or labels.shape[0] != embeddings.shape[0]:
+        raise ValueError(f"{name}: labels must be (batch,) = ({embeddings.shape[0]},), got {tuple(labels.shape)}")
+    if labels.dtype.is_floating_point or labels.dtype == torch.bool:
+        raise TypeError(f"{name}: labels must be integer class ids (use labels.long()), got {labels.dtype}")
+    if labels.numel() and (bool((labels < -1).any()) or bool((labels >= num_classes).any())):
+        raise ValueError(
+            f"{name}: labels must lie in [-1, {num_classes - 1}] (-1 = unlabelled, ignored); got "
+            f"min {int(labels.min())}, max {int(labels.max())}"
+        )
+
+
+def reduce(per_sample: torch.Tensor, valid: torch.Tensor, reduction: str) -> torch.Tensor:
+    """``mean`` over the labelled rows (0 when there are none, still differentiable), ``sum``, or ``none``."""
+    per_sample = per_sample * valid.to(per_sample.dtype)
+    if reduction == "none":
+        return per_sample
+    total = per_sample.sum()
+    if reduction == "sum":
+        return total
+    return total / valid.sum().clamp_min(1).to(per_sample.dtype)
+
+
+@torch.no_grad()
+def moving_centroid_update(centers: torch.Tensor, seen: torch.Tensor, embeddings: torch.Tensor,
+                           labels: torch.Tensor, alpha: float, extra_delta: torch.Tensor | None = None) -> None:
+    """In-place moving update of ``centers`` (Wen et al., Eq. 4) from a batch; vectorised.
+
+    ``delta_j = sum_{i: y_i=j} (c_j - x_i) / (1 + n_j)``; ``c_j -= alpha * (delta_j + extra_delta_j)``.
+    Classes not yet ``seen`` are set to their batch mean (Racoviteanu et al., Eq. 1) instead.
+    ``extra_delta`` (``(C, D)``) lets the island loss add its inter-centre term (Cai et al.).
+    """
+    valid = labels >= 0
+    x = embeddings.detach()[valid].to(centers.dtype)
+    y = labels[valid]
+    num_classes = centers.shape[0]
+    sums = torch.zeros_like(centers).index_add_(0, y, x)
+    counts = torch.zeros(num_classes, dtype=centers.dtype, device=centers.device).index_add_(
+        0, y, torch.ones_like(y, dtype=centers.dtype))
+    present = counts > 0
+    delta = (counts[:, None] * centers - sums) / (1.0 + counts[:, None])
+    if extra_delta is not None:
+        delta = delta + extra_delta.to(centers.dtype)
+    new = centers - alpha * delta
+    first = present & ~seen
+    batch_mean = sums / counts.clamp_min(1)[:, None]
+    new = torch.where(first[:, None], batch_mean, new)
+    centers.copy_(new)
+    seen |= present
+
+
+class CenterLoss(nn.Module):
+    """Center loss (Racoviteanu et al., Eq. 1; Wen et al.) with learned class centres.
+
+    Args:
+        num_classes: number of classes ``C``.
+        embedding_dim: embedding width ``D``; ``centers`` is ``(C, D)``.
+        reduction: ``"mean"`` (over rows with a label != -1), ``"sum"``, or ``"none"`` (per row,
+            0 for ignored rows).
+        squared: ``True`` (default): ``||x_i - c||^2`` (Wen et al.; the usual center loss);
+            ``False``: ``||x_i - c||`` as Eq. 1 writes it.
+        update: ``"moving"`` (buffer, moving update with rate ``alpha`` in ``train()`` mode) or
+            ``"sgd"`` (``nn.Parameter`` learned by the caller's optimizer).
+        alpha: centroid learning rate of the moving update (Wen et al. use 0.5).
+        eps: floor under the squared distance before the square root when ``squared=False``
+            (keeps the gradient finite when an embedding sits on its centre).
+
+    ``forward(embeddings, labels) -> loss``; labels ``-1`` are ignored.
+    """
+
+    def __init__(self, num_classes: int, embedding_dim: int, reduction: str = "mean", *,
+                 squared: bool = True, update: str = "moving", alpha: float = 0.5, eps: float = 1e-12):
+        super().__init__()
+        if num_classes < 1 or embedding_dim < 1:
+            raise ValueError(f"num_classes and embedding_dim must be >= 1, got {num_classes}, {embedding_dim}")
+        if reduction not in REDUCTIONS:
+            raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+        if update not in UPDATES:
+            raise ValueError(f"update must be one of {UPDATES}, got {update!r}")
+        if not 0.0 <= alpha <= 1.0:
+            raise ValueError(f"alpha (centroid learning rate) must be in [0, 1], got {alpha}")
+        self.num_classes, self.embedding_dim = int(num_classes), int(embedding_dim)
+        self.reduction, self.squared, self.update, self.alpha, self.eps = reduction, squared, update, alpha, eps
+        init = torch.randn(num_classes, embedding_dim) * 0.01
+        if update == "sgd":
+            self.centers = nn.Parameter(init)
+        else:
+            self.register_buffer("centers", init)
+        # Which classes already have a centre from data (moving update initialises them to their mean).
+        self.register_buffer("seen", torch.zeros(num_classes, dtype=torch.bool))
+
+    def extra_repr(self) -> str:
+        return (f"num_classes={self.num_classes}, embedding_dim={self.embedding_dim}, reduction={self.reduction!r}, "
+                f"squared={self.squared}, update={self.update!r}, alpha={self.alpha}")
+
+    def distances(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Per-row ``||x_i - c_{y_i}||`` (or its square); rows with label -1 use centre 0 (masked later)."""
+        dt = working_dtype(embeddings)
+        x = embeddings.to(dt)
+        c = self.centers.to(dt)[labels.clamp_min(0)]
+        d2 = (x - c).pow(2).sum(1)
+        return d2 if self.squared else d2.clamp_min(self.eps).sqrt()
+
+    def _update_delta(self) -> torch.Tensor | None:  # hook for the island loss
+        return None
+
+    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        check_inputs(embeddings, labels, self.num_classes, self.embedding_dim, type(self).__name__)
+        valid = labels >= 0
+        with torch.autocast(embeddings.device.type, enabled=False):
+            per = self.distances(embeddings, labels)
+            loss = reduce(per, valid, self.reduction)
+        if self.update == "moving" and self.training:
+            moving_centroid_update(self.centers, self.seen, embeddings, labels, self.alpha, self._update_delta())
+        return loss
