@@ -1,0 +1,45 @@
+# The two commands of the README are `make book` and `make test`; each bootstraps .venv once.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+SCALE ?= smoke
+DEVICE ?= auto
+STAMP := $(VENV)/.installed-$(shell cat requirements.txt pyproject.toml | sha1sum | cut -c1-12)
+export FER_NB_PLAIN_PROGRESS ?= 1
+export PYTHONHASHSEED := 0
+
+.PHONY: venv book test test-fast lab bench clean
+
+venv: $(STAMP)
+$(STAMP): requirements.txt pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@echo "installing the pinned stack into $(VENV) (first time: a few minutes)"
+	@$(PY) -m pip install --disable-pip-version-check -q -r requirements.txt 2>&1 | grep -v "^WARNING: Location" || true
+	@$(PY) -m pip install --disable-pip-version-check -q --no-deps -e . 2>&1 | grep -v "^WARNING: Location" || true
+	@$(PY) -c "import torch, torchvision, papermill, jupytext, jupyter_book, fer_nb" || (echo "install failed" >&2; exit 1)
+	@$(PY) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3" >/dev/null
+	@rm -f $(VENV)/.installed-* && touch $(STAMP)
+
+## make book [SCALE=smoke|small|paper] [DEVICE=auto|cpu|cuda]: execute every notebook, build HTML
+book: venv
+	$(PY) -m fer_nb.book --scale $(SCALE) --device $(DEVICE)
+
+## make test: unit tests + papermill smoke run of every notebook
+test: venv
+	$(PY) -m pytest -n 2 --dist loadgroup -q
+
+## make test-fast: unit tests only
+test-fast: venv
+	$(PY) -m pytest -n 2 -q -m "not notebook"
+
+## make lab: JupyterLab on the project; the MyST notebooks open as notebooks (jupytext)
+lab: venv
+	JUPYTERLAB_SETTINGS_DIR=$(CURDIR)/.jupyter/lab/user-settings $(VENV)/bin/jupyter lab --notebook-dir=. $(if $(filter 0,$(shell id -u)),--allow-root,)
+
+## make bench: throughput benchmarks (writes benchmarks/results/<device>.json)
+bench: venv
+	$(PY) -m benchmarks.run --device $(DEVICE)
+
+clean:
+	rm -rf book/_build book/_generated runs

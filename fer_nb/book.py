@@ -1,0 +1,112 @@
+"""Build the book: execute every notebook with papermill, then Jupyter Book 1 without re-executing.
+
+``python -m fer_nb.book --scale smoke --device auto`` (what ``make book`` runs):
+
+1. each MyST notebook in ``notebooks/`` (and the scoreboard page ``book/scoreboard.md``, last) is
+   converted with jupytext to ``book/_generated/<name>.ipynb`` and executed there by papermill
+   (kernel ``python3``) with ``SCALE``/``DEVICE``/``OUT_DIR``; a failing notebook fails the build;
+2. MathJax 3 is installed from npm into ``.cache/`` (once) and copied into ``book/_static`` so math
+   renders offline;
+3. ``jupyter-book build book`` renders HTML into ``book/_build/html`` (execution is off there).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+NOTEBOOKS = ROOT / "notebooks"
+BOOK = ROOT / "book"
+GENERATED = BOOK / "_generated"
+CACHE = ROOT / ".cache"
+MATHJAX_VERSION = "3.2.2"
+
+
+def notebook_sources() -> list[Path]:
+    """Every MyST notebook of the book, in reading order (file names sort into chapters)."""
+    return sorted(NOTEBOOKS.glob("*.md"))
+
+
+def key_of(path: Path) -> str:
+    """``10_large_margin.md`` -> ``large_margin`` (the preset / results key)."""
+    stem = path.stem
+    return stem.split("_", 1)[1] if stem[:2].isdigit() and "_" in stem else stem
+
+
+def execute(src: Path, dst_dir: Path, parameters: dict, cwd: Path = ROOT) -> Path:
+    """jupytext ``src`` -> ipynb, execute with papermill into ``dst_dir``; raise on failure."""
+    import jupytext
+    import papermill
+
+    dst_dir.mkdir(parents=True, exist_ok=True)
+    raw = dst_dir / f".{src.stem}.input.ipynb"
+    out = dst_dir / f"{src.stem}.ipynb"
+    nb = jupytext.read(src)
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    jupytext.write(nb, raw, fmt="ipynb")
+    try:
+        papermill.execute_notebook(str(raw), str(out), parameters=parameters, kernel_name="python3",
+                                   cwd=str(cwd), progress_bar=False, log_output=False)
+    finally:
+        raw.unlink(missing_ok=True)
+    return out
+
+
+def install_mathjax() -> None:
+    """Copy MathJax 3 (from npm, cached in .cache/) into book/_static/mathjax for offline math."""
+    target = BOOK / "_static" / "mathjax"
+    if (target / "tex-mml-chtml.js").exists():
+        return
+    pkg = CACHE / "npm" / "node_modules" / "mathjax"
+    if not (pkg / "es5" / "tex-mml-chtml.js").exists():
+        if shutil.which("npm") is None:
+            raise SystemExit("npm is needed once to fetch MathJax for offline math: install Node.js (apt-get install npm)")
+        (CACHE / "npm").mkdir(parents=True, exist_ok=True)
+        subprocess.run(["npm", "install", "--no-audit", "--no-fund", "--prefix", str(CACHE / "npm"),
+                        f"mathjax@{MATHJAX_VERSION}"], check=True)
+    (target / "output" / "chtml").mkdir(parents=True, exist_ok=True)
+    shutil.copy(pkg / "es5" / "tex-mml-chtml.js", target / "tex-mml-chtml.js")
+    shutil.copytree(pkg / "es5" / "output" / "chtml" / "fonts", target / "output" / "chtml" / "fonts",
+                    dirs_exist_ok=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--scale", default="smoke", choices=("smoke", "small", "paper"))
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--only", nargs="*", help="execute only these notebook stems (others must be built already)")
+    ap.add_argument("--skip-html", action="store_true")
+    args = ap.parse_args(argv)
+    os.environ.setdefault("FER_NB_PLAIN_PROGRESS", "1")
+    GENERATED.mkdir(parents=True, exist_ok=True)
+    for src in notebook_sources():
+        if args.only and src.stem not in args.only:
+            continue
+        params = {"SCALE": args.scale, "DEVICE": args.device, "OUT_DIR": f"runs/{key_of(src)}"}
+        t0 = time.perf_counter()
+        print(f"[book] executing {src.relative_to(ROOT)} ({args.scale}, {args.device})", flush=True)
+        try:
+            execute(src, GENERATED, params)
+        except Exception as exc:  # papermill's error names the failing cell
+            print(f"[book] FAILED: {src.name}: {type(exc).__name__}: {str(exc)[-2000:]}", file=sys.stderr)
+            return 1
+        print(f"[book]   done in {time.perf_counter() - t0:.0f} s", flush=True)
+    execute(BOOK / "scoreboard.md", GENERATED, {})
+    if args.skip_html:
+        return 0
+    install_mathjax()
+    cmd = [str(Path(sys.executable).parent / "jupyter-book"), "build", str(BOOK), "--keep-going"]
+    print("[book] " + " ".join(cmd), flush=True)
+    res = subprocess.run(cmd)
+    if res.returncode == 0:
+        print(f"[book] open {BOOK / '_build' / 'html' / 'intro.html'}")
+    return res.returncode
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
