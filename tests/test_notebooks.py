@@ -1,0 +1,61 @@
+"""Every notebook under notebooks/ runs under papermill at smoke scale, with the network blocked,
+and writes a metrics.json of finite numbers with provenance (discovered: a new notebook is tested)."""
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from fer_nb.book import execute, key_of, notebook_sources
+
+NETBLOCK = Path(__file__).parent / "netblock"
+NOTEBOOKS = notebook_sources()
+
+
+def test_notebooks_are_discovered():
+    assert len(NOTEBOOKS) >= 1
+    for src in NOTEBOOKS:
+        text = src.read_text()
+        assert "name: python3" in text, f"{src.name}: kernelspec must be python3"
+        assert "tags: [parameters]" in text, f"{src.name}: needs a parameters cell"
+        if key_of(src) not in ("toolkit_tour", "datasets", "loss_geometry"):
+            assert "Deviations from the paper" in text, f"{src.name}: needs the deviations box"
+
+
+def test_network_is_blocked_in_kernels():
+    env = dict(os.environ, PYTHONPATH=str(NETBLOCK))
+    code = "import socket\ntry:\n socket.create_connection(('93.184.216.34', 80), timeout=2)\nexcept OSError as e:\n print('blocked' if 'blocked' in str(e) else 'other')"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=30)
+    assert out.stdout.strip() == "blocked"
+
+
+@pytest.mark.notebook
+@pytest.mark.parametrize("src", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_notebook_smoke(src, tmp_path, monkeypatch):
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(NETBLOCK), os.environ.get("PYTHONPATH", "")]))
+    monkeypatch.setenv("FER_NB_PLAIN_PROGRESS", "1")
+    out_dir = tmp_path / "run"
+    t0 = time.perf_counter()
+    execute(src, tmp_path, {"SCALE": "smoke", "DEVICE": "cpu", "OUT_DIR": str(out_dir)})
+    seconds = time.perf_counter() - t0
+    metrics = json.loads((out_dir / "metrics.json").read_text())
+    prov = metrics["provenance"]
+    assert prov["scale"] == "smoke" and prov["notebook"] == key_of(src)
+    assert metrics["summary"], "summary must not be empty"
+
+    def finite(obj):
+        if isinstance(obj, float):
+            assert math.isfinite(obj)
+        elif isinstance(obj, dict):
+            for v in obj.values():
+                finite(v)
+        elif isinstance(obj, list):
+            for v in obj:
+                finite(v)
+
+    finite(metrics)
+    print(f"{src.name}: {seconds:.0f} s")
