@@ -1,0 +1,146 @@
+"""Contrastive loss (Hadsell, Chopra & LeCun, CVPR 2006, Eq. 4), with explicit distance and reduction.
+
+For a pair of embeddings ``(x_i, x_j)`` at distance ``D_ij = ||x_i - x_j||_2`` (or its square,
+``power=2``), Hadsell et al.'s Eq. 4 (with ``Y = 0`` for a similar pair, ``Y = 1`` for a
+dissimilar one) is
+
+.. math::
+
+    L(i, j) = (1 - Y)\\, \\tfrac12 D_{ij}^2 + Y\\, \\tfrac12 \\max(0, m - D_{ij})^2 .
+
+This module writes the general form used by metric-learning libraries,
+
+.. math::
+
+    L^+(i, j) = a\\, [D_{ij} - m_+]_+^{q}, \\qquad L^-(i, j) = a\\, [m_- - D_{ij}]_+^{q},
+
+so that ``coefficient=a=0.5, hinge_power=q=2, pos_margin=m_+=0, neg_margin=m_-=m, power=1`` is
+Eq. 4 exactly (the default) and ``coefficient=1, hinge_power=1`` is pytorch-metric-learning's
+``ContrastiveLoss(pos_margin, neg_margin, distance=LpDistance(p=2, power=power,
+normalize_embeddings=normalize))``.
+
+Pairs: every *unordered* pair ``i < j`` of rows with labels ``!= -1`` (label ``-1`` = unlabelled,
+ignored); same label = positive, different = negative.
+
+Reductions (explicit, as the libraries' reducers differ):
+
+* ``"mean"``: mean over positive pairs + mean over negative pairs (each 0 if there is none); the
+  same number as pytorch-metric-learning with ``reducer=MeanReducer()``.
+* ``"mean_nonzero"``: the same, but each mean is over the pairs with a loss ``> 0`` only;
+  pytorch-metric-learning's default ``AvgNonZeroReducer()``.
+* ``"sum"``: sum over all unordered pairs (Hadsell et al.'s sum over the training pairs).
+* ``"none"``: the ``(B, B)`` matrix of per-pair losses, filled above the diagonal (``i < j``),
+  zero elsewhere.
+
+Distances are computed in float32 (float64 inputs stay float64), also under autocast; the square
+root is taken of ``max(D^2, eps)`` so coincident points (and all-zero batches) keep finite gradients.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+REDUCTIONS = ("mean", "mean_nonzero", "sum", "none")
+
+
+def working_dtype(x: torch.Tensor) -> torch.dtype:
+    """float64 stays float64; everything else (bf16/fp16 under autocast, float32) becomes float32."""
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+def check_pair_inputs(embeddings: torch.Tensor, labels: torch.Tensor, name: str) -> None:
+    """Shape/type checks for pair-based losses (errors name the fix)."""
+    if embeddings.ndim != 2:
+        raise ValueError(f"{name}: embeddings must be (batch, dim), got shape {tuple(embeddings.shape)}; "
+                         f"flatten them with embeddings.flatten(1)")
+    if labels.ndim != 1 or labels.shape[0] != embeddings.shape[0]:
+        raise ValueError(f"{name}: labels must be (batch,) = ({embeddings.shape[0]},), got {tuple(labels.shape)}")
+    if labels.dtype.is_floating_point or labels.dtype == torch.bool:
+        raise TypeError(f"{name}: labels must be integer class ids (use labels.long()), got {labels.dtype}")
+    if labels.numel() and bool((labels < -1).any()):
+        raise ValueError(f"{name}: labels must be >= -1 (-1 = unlabelled, ignored); got min {int(labels.min())}")
+
+
+def pairwise_sq_distances(x: torch.Tensor) -> torch.Tensor:
+    """``(B, B)`` squared Euclidean distances from differences (exact, no ``a^2 + b^2 - 2ab`` cancellation)."""
+    return (x[:, None, :] - x[None, :, :]).pow(2).sum(-1)
+
+
+class ContrastiveLoss(nn.Module):
+    """Contrastive loss of Hadsell et al. (2006, Eq. 4), in the pos/neg-margin form of the libraries.
+
+    Args:
+        neg_margin: ``m_-``, dissimilar pairs closer than this are pushed apart (Hadsell's ``m``).
+        pos_margin: ``m_+``, similar pairs farther than this are pulled together (Hadsell: 0).
+        power: distance ``D = ||x_i - x_j||^power`` (1 = Euclidean, Hadsell; 2 = squared Euclidean).
+        hinge_power: ``q``, exponent of the hinge (2 = Hadsell's squared hinge; 1 = plain hinge as
+            in pytorch-metric-learning).
+        coefficient: ``a``, factor in front of each pair term (Hadsell: 1/2).
+        normalize: L2-normalise the embeddings first (pytorch-metric-learning's default distance
+            does; Hadsell et al. do not).
+        reduction: ``"mean"``, ``"mean_nonzero"``, ``"sum"`` or ``"none"`` (see the module docstring).
+        eps: floor under ``D^2`` before the square root and under norms.
+
+    ``forward(embeddings, labels) -> loss``.
+    """
+
+    def __init__(self, neg_margin: float = 1.0, pos_margin: float = 0.0, *, power: int = 1, hinge_power: int = 2,
+                 coefficient: float = 0.5, normalize: bool = False, reduction: str = "mean", eps: float = 1e-12):
+        super().__init__()
+        if reduction not in REDUCTIONS:
+            raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+        if power not in (1, 2):
+            raise ValueError(f"power must be 1 (Euclidean distance) or 2 (squared distance), got {power!r}")
+        if hinge_power not in (1, 2):
+            raise ValueError(f"hinge_power must be 1 (hinge) or 2 (squared hinge, Hadsell), got {hinge_power!r}")
+        if neg_margin < pos_margin:
+            raise ValueError(f"neg_margin ({neg_margin}) must be >= pos_margin ({pos_margin})")
+        if coefficient <= 0:
+            raise ValueError(f"coefficient must be > 0, got {coefficient}")
+        self.neg_margin, self.pos_margin = float(neg_margin), float(pos_margin)
+        self.power, self.hinge_power, self.coefficient = int(power), int(hinge_power), float(coefficient)
+        self.normalize, self.reduction, self.eps = bool(normalize), reduction, float(eps)
+
+    def extra_repr(self) -> str:
+        return (f"neg_margin={self.neg_margin}, pos_margin={self.pos_margin}, power={self.power}, "
+                f"hinge_power={self.hinge_power}, coefficient={self.coefficient}, normalize={self.normalize}, "
+                f"reduction={self.reduction!r}")
+
+    def distances(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """``(B, B)`` matrix of ``D_ij`` (Euclidean, or squared for ``power=2``), in float32/64."""
+        x = embeddings.to(working_dtype(embeddings))
+        if self.normalize:
+            x = x / x.norm(dim=1, keepdim=True).clamp_min(self.eps)
+        d2 = pairwise_sq_distances(x)
+        return d2 if self.power == 2 else d2.clamp_min(self.eps).sqrt()
+
+    def pair_masks(self, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Boolean ``(B, B)`` masks of the positive and negative unordered pairs ``i < j``."""
+        valid = labels >= 0
+        both = valid[:, None] & valid[None, :]
+        upper = torch.ones(len(labels), len(labels), dtype=torch.bool, device=labels.device).triu(1)
+        same = labels[:, None] == labels[None, :]
+        return both & upper & same, both & upper & ~same
+
+    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        check_pair_inputs(embeddings, labels, type(self).__name__)
+        with torch.autocast(embeddings.device.type, enabled=False):
+            d = self.distances(embeddings)
+            pos, neg = self.pair_masks(labels)
+            a, q = self.coefficient, self.hinge_power
+            pos_loss = a * torch.relu(d - self.pos_margin).pow(q) * pos
+            neg_loss = a * torch.relu(self.neg_margin - d).pow(q) * neg
+            if self.reduction == "none":
+                return pos_loss + neg_loss
+            if self.reduction == "sum":
+                return pos_loss.sum() + neg_loss.sum()
+            if self.reduction == "mean":
+                pos_count, neg_count = pos.sum(), neg.sum()
+            else:  # mean_nonzero: average over the pairs that still violate their margin
+                pos_count, neg_count = (pos_loss > 0).sum(), (neg_loss > 0).sum()
+            dt = pos_loss.dtype
+            return (pos_loss.sum() / pos_count.clamp_min(1).to(dt)
+                    + neg_loss.sum() / neg_count.clamp_min(1).to(dt))
+
+
+__all__ = ["ContrastiveLoss", "pairwise_sq_distances", "check_pair_inputs"]
