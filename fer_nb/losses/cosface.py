@@ -1,0 +1,85 @@
+"""CosFace: large margin cosine loss (Wang et al., CVPR 2018; Takashima et al.'s ref. [8]).
+
+The additive *cosine* margin sibling of the angular margin in :mod:`fer_nb.losses.angular_margin`.
+With ``cos rho_j`` the cosine between the embedding and class weight ``w_j`` (Takashima et al.,
+Eq. 14), CosFace subtracts ``m`` from the ground-truth cosine instead of adding ``m`` to its angle
+(Takashima et al., Eq. 15-16):
+
+.. math::
+
+    L = -\\frac{1}{N}\\sum_i \\log
+        \\frac{\\exp(s(\\cos\\rho_{y_i} - m))}{\\exp(s(\\cos\\rho_{y_i} - m)) + \\sum_{j\\ne y_i}\\exp(s\\cos\\rho_j)} .
+
+Wang et al. use ``s = 64`` and ``m = 0.35`` (also pytorch-metric-learning's ``CosFaceLoss``
+defaults). The penalty is the same in every direction of the hypersphere (no ``pi - m``
+overflow case, unlike ArcFace), which the course chapter on loss geometry contrasts with ArcFace.
+Computed in float32 (float64 stays float64), also under autocast.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fer_nb.losses.angular_margin import REDUCTIONS, _reduce, check_inputs, cosine_logits
+
+__all__ = ["CosFaceLoss", "cosface_logits"]
+
+
+def cosface_logits(cosine: torch.Tensor, labels: torch.Tensor, scale: float = 64.0, margin: float = 0.35) -> torch.Tensor:
+    """``s (cos rho_ij - m [j == y_i])``; rows with label ``-1`` get no margin."""
+    valid = labels >= 0
+    onehot = F.one_hot(labels.clamp_min(0), cosine.shape[1]).to(cosine.dtype) * valid[:, None].to(cosine.dtype)
+    return scale * (cosine - margin * onehot)
+
+
+class CosFaceLoss(nn.Module):
+    """Large margin cosine loss with learned class weights ``(num_classes, embedding_dim)``.
+
+    Args:
+        embedding_dim: embedding width.
+        num_classes: number of classes.
+        scale: ``s`` (64).
+        margin: cosine margin ``m`` (0.35); ``0`` gives the normalised softmax (Eq. 13 of UDAT-AS).
+        reduction: ``"mean"`` (over rows with label != -1), ``"sum"`` or ``"none"``.
+
+    ``forward(embeddings, labels) -> loss``; :meth:`logits` gives margin-free scaled cosines.
+    """
+
+    def __init__(self, embedding_dim: int, num_classes: int, scale: float = 64.0, margin: float = 0.35,
+                 reduction: str = "mean"):
+        super().__init__()
+        if num_classes < 1 or embedding_dim < 1:
+            raise ValueError(f"num_classes and embedding_dim must be >= 1, got {num_classes}, {embedding_dim}")
+        if reduction not in REDUCTIONS:
+            raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+        if not scale > 0:
+            raise ValueError(f"scale s must be > 0, got {scale}")
+        if not 0.0 <= margin <= 2.0:
+            raise ValueError(f"cosine margin m must lie in [0, 2], got {margin}")
+        self.embedding_dim, self.num_classes = int(embedding_dim), int(num_classes)
+        self.scale, self.margin, self.reduction = float(scale), float(margin), reduction
+        self.weight = nn.Parameter(torch.empty(num_classes, embedding_dim))
+        nn.init.xavier_normal_(self.weight)
+
+    def extra_repr(self) -> str:
+        return (f"embedding_dim={self.embedding_dim}, num_classes={self.num_classes}, scale={self.scale}, "
+                f"margin={self.margin}, reduction={self.reduction!r}")
+
+    def cosine(self, embeddings: torch.Tensor) -> torch.Tensor:
+        return cosine_logits(embeddings, self.weight)
+
+    def logits(self, embeddings: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        with torch.autocast(embeddings.device.type, enabled=False):
+            cos = self.cosine(embeddings)
+            if labels is None:
+                return self.scale * cos
+            return cosface_logits(cos, labels, self.scale, self.margin)
+
+    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        check_inputs(embeddings, labels, self.num_classes, self.embedding_dim, type(self).__name__)
+        valid = labels >= 0
+        with torch.autocast(embeddings.device.type, enabled=False):
+            logits = self.logits(embeddings, labels)
+            per = F.cross_entropy(logits, labels.clamp_min(0), reduction="none")
+            return _reduce(per, valid, self.reduction)
