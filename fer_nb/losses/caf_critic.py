@@ -1,0 +1,189 @@
+"""Contrastive critic loss of the contrastive adversarial framework, CAF (Kim & Song, AAAI 2021).
+
+Equations of the paper implemented here (``z`` are the critic's outputs ``(f_c o f_e)(x)``):
+
+* Eq. 4, the contrastive critic function
+  ``f_cont(z_i, z_j) = -xi_ij * max(0, xi_ij * (D^2(z_i, z_j) - alpha))`` with ``xi_ij = +1`` for a
+  pair from the same group and ``-1`` otherwise; the margin is used only for the cross-group pairs.
+* Eq. 6-7, the critic loss (the chi-squared VDM lower bound of Eq. 3 with ``f = f_cont``), minimised
+  by the critic, estimated by Monte Carlo over **all** pairs of the mini-batch::
+
+      L_c = 1/|P| sum_{i<j, both strong} D^2(z_i, z_j)
+          + 1/(2|P+Q|) sum_{i strong, j weak} max(0, alpha_hat - D^2(z_i, z_j))
+          [+ chi2_weight * 1/4 * mean over those pairs of f_cont^2   (the Eq. 3 regulariser, off by default)]
+
+  ``|P|`` = number of strong-strong pairs, ``|P+Q|`` = number of strong-weak pairs.
+* Eq. 5 and 8, the adaptive margin ``alpha_hat = MI(g(Z_s), g(Z_w)) + Delta(N, K)`` with
+  ``MI = -1/2 log(1 - eta^2)`` (Gelfand-Yaglom, jointly Gaussian) and
+  ``Delta(N, K) = log((N / c)^(1 / (2K))) = log(N / c) / (2K)``, ``c = 0.05`` (the reading under
+  which Eq. 8's "sum of logs = log of the product" holds).
+
+Choices the paper leaves open (documented, each an option):
+
+* ``g`` is an element-wise Gaussian kernel ``exp(-z^2 / (2 sigma^2))`` (``sigma`` = median |z| of the
+  batch when ``bandwidth=None``); ``eta`` is the Pearson correlation, across the ``d`` latent
+  dimensions, of the group means of ``g(Z_s)`` and ``g(Z_w)``. Identical groups give ``eta = 1`` (large
+  MI), groups the critic has told apart give ``eta`` near 0: the paper's "the critic lowers the
+  dependence of Z_s and Z_w". ``eta^2`` is clipped to ``1 - 1e-6`` and MI to ``mi_max`` (2.5, the
+  official code's clamp).
+* ``K`` (the number of samples inside the margin) is the self-consistent count: sort the cross-group
+  squared distances ``d_(1) <= d_(2) <= ...``; ``K = #{k : d_(k) < MI + Delta(N, k)}`` (a prefix,
+  since ``d_(k)`` rises and ``Delta(N, k)`` falls with ``k``), at least 1. As the critic pushes the
+  groups apart fewer pairs sit in the margin, ``K`` falls and ``Delta`` grows, as the paper says.
+* ``margin="constant"``: ``alpha = MI + kappa`` (Table 4, ``kappa = 0.2``);
+  ``margin="linear"``: ``alpha = MI + 0.1 + epoch * 5e-3`` (Table 4, ``kappa'``).
+* ``pairs="code"``: the official code's fixed pairs ``(s_i, s_{-i-1})`` positive and
+  ``(s_i, w_{-i-1})`` negative after truncating both groups to equal size.
+* The margin is a detached (no-gradient) quantity by default, like a hyperparameter set per batch.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+MARGINS = ("delta", "constant", "linear", "mi_only")
+PAIRS = ("all", "code")
+
+
+def gaussian_kernel_features(z: torch.Tensor, bandwidth: float | None = None) -> torch.Tensor:
+    """Element-wise Gaussian kernel ``g(z) = exp(-z^2 / (2 sigma^2))`` (sigma: median |z| if None)."""
+    if bandwidth is None:
+        sigma = z.detach().abs().median().clamp_min(1e-3)
+    else:
+        sigma = torch.as_tensor(float(bandwidth), dtype=z.dtype, device=z.device)
+    return torch.exp(-z.pow(2) / (2 * sigma**2))
+
+
+def gaussian_mi(z_s: torch.Tensor, z_w: torch.Tensor, bandwidth: float | None = None,
+                mi_max: float = 2.5) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(MI, eta)``: MI of Gaussian-kernel features via their correlation, ``-1/2 log(1 - eta^2)``.
+
+    ``eta`` is the Pearson correlation across latent dimensions of the group means of
+    ``g(Z_s)`` and ``g(Z_w)``; 0 when a group is empty or either profile is constant.
+    """
+    if z_s.shape[0] == 0 or z_w.shape[0] == 0 or z_s.shape[1] < 2:
+        zero = z_s.new_zeros(())
+        return zero, zero
+    g = gaussian_kernel_features(torch.cat([z_s, z_w]), bandwidth)
+    ms, mw = g[: z_s.shape[0]].mean(0), g[z_s.shape[0]:].mean(0)
+    a, b = ms - ms.mean(), mw - mw.mean()
+    denom = (a.pow(2).sum() * b.pow(2).sum()).sqrt()
+    eta = torch.where(denom > 1e-12, (a * b).sum() / denom.clamp_min(1e-12), torch.zeros_like(denom))
+    eta2 = eta.pow(2).clamp(max=1 - 1e-6)
+    mi = (-0.5 * torch.log1p(-eta2)).clamp(0.0, mi_max)
+    return mi, eta
+
+
+def confidence_delta(n: int | torch.Tensor, k: int | torch.Tensor, c: float = 0.05) -> torch.Tensor:
+    """Eq. 8's confidence interval ``Delta(N, K) = log(N / c) / (2 K)``."""
+    n = torch.as_tensor(n, dtype=torch.float64)
+    k = torch.as_tensor(k, dtype=torch.float64)
+    if bool((k < 1).any()) or bool((n < 1).any()):
+        raise ValueError(f"Delta(N, K) needs N >= 1 and K >= 1, got N={n}, K={k}")
+    return torch.log(n / c) / (2 * k)
+
+
+def margin_count(cross_d2: torch.Tensor, base: torch.Tensor, n: int, c: float = 0.05) -> torch.Tensor:
+    """Self-consistent ``K``: the number of sorted cross distances with ``d_(k) < base + Delta(N, k)``."""
+    if cross_d2.numel() == 0:
+        return torch.ones((), dtype=torch.long, device=cross_d2.device)
+    d = torch.sort(cross_d2.detach().flatten().double()).values
+    ks = torch.arange(1, d.numel() + 1, device=d.device, dtype=torch.float64)
+    inside = d < base.detach().double() + math.log(max(n, 1) / c) / (2 * ks)
+    return inside.long().sum().clamp_min(1)
+
+
+class CAFCriticLoss(nn.Module):
+    """Critic loss ``L_c`` of CAF (Eq. 4-8), minimised by the critic; see the module docstring.
+
+    ``forward(embeddings, labels, epoch=0)``: ``embeddings`` ``(B, d)`` critic outputs ``z``,
+    ``labels`` ``(B,)`` group indicator (1/True = strong emotion, P; 0/False = weak, Q).
+    Returns a scalar (``reduction="mean"`` of Eq. 7); ``self.last`` holds the margin's parts
+    (``mi``, ``eta``, ``delta``, ``K``, ``alpha``) of the last call, as floats-in-tensors.
+    """
+
+    def __init__(self, margin: str = "delta", kappa: float = 0.2, kappa0: float = 0.1,
+                 kappa_slope: float = 5e-3, c: float = 0.05, bandwidth: float | None = None,
+                 mi_max: float = 2.5, pairs: str = "all", chi2_weight: float = 0.0,
+                 detach_margin: bool = True):
+        super().__init__()
+        if margin not in MARGINS:
+            raise ValueError(f"unknown margin {margin!r}; use one of {MARGINS}")
+        if pairs not in PAIRS:
+            raise ValueError(f"unknown pairs {pairs!r}; use one of {PAIRS}")
+        if c <= 0:
+            raise ValueError(f"the confidence parameter c must be > 0, got {c}")
+        self.margin, self.kappa, self.kappa0, self.kappa_slope = margin, kappa, kappa0, kappa_slope
+        self.c, self.bandwidth, self.mi_max, self.pairs = c, bandwidth, mi_max, pairs
+        self.chi2_weight, self.detach_margin = chi2_weight, detach_margin
+        self.last: dict[str, torch.Tensor] = {}
+
+    def adaptive_margin(self, z_s: torch.Tensor, z_w: torch.Tensor, cross_d2: torch.Tensor,
+                        n: int, epoch: int = 0) -> torch.Tensor:
+        """``alpha_hat`` of Eq. 5 / 8 (or its constant / linear ablations)."""
+        zs, zw = (z_s.detach(), z_w.detach()) if self.detach_margin else (z_s, z_w)
+        mi, eta = gaussian_mi(zs, zw, self.bandwidth, self.mi_max)
+        if self.margin == "delta":
+            k = margin_count(cross_d2, mi, n, self.c)
+            extra = (math.log(max(n, 1) / self.c) / (2 * k.double())).to(mi.dtype)
+        elif self.margin == "constant":
+            k, extra = torch.zeros((), dtype=torch.long), mi.new_tensor(self.kappa)
+        elif self.margin == "linear":
+            k, extra = torch.zeros((), dtype=torch.long), mi.new_tensor(self.kappa0 + epoch * self.kappa_slope)
+        else:
+            k, extra = torch.zeros((), dtype=torch.long), mi.new_zeros(())
+        alpha = mi + extra
+        self.last = {"mi": mi.detach(), "eta": eta.detach(), "delta": extra.detach(),
+                     "K": k.detach(), "alpha": alpha.detach()}
+        return alpha
+
+    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor, epoch: int = 0) -> torch.Tensor:
+        z = embeddings
+        if z.ndim != 2:
+            raise ValueError(f"embeddings must be (B, d) critic outputs, got shape {tuple(z.shape)}")
+        if labels.shape != (z.shape[0],):
+            raise ValueError(f"labels must be a (B,) strong/weak indicator, got {tuple(labels.shape)} "
+                             f"for {z.shape[0]} embeddings")
+        dtype = torch.float64 if z.dtype == torch.float64 else torch.float32
+        z = z.to(dtype)
+        strong = labels.to(z.device).bool()
+        n = z.shape[0]
+        d2 = (z[:, None, :] - z[None, :, :]).pow(2).sum(-1)  # (B, B) squared Euclidean distances
+        if self.pairs == "all":
+            upper = torch.ones(n, n, dtype=torch.bool, device=z.device).triu(1)
+            pos_mask = upper & strong[:, None] & strong[None, :]
+            neg_mask = strong[:, None] & ~strong[None, :]
+        else:  # the official code's fixed pairs after truncation to equal group sizes
+            pos_mask, neg_mask = self._code_pairs(strong)
+        cross = d2[neg_mask]
+        alpha = self.adaptive_margin(z[strong], z[~strong], cross, n, epoch)
+        n_pos = pos_mask.sum().clamp_min(1).to(dtype)
+        n_neg = neg_mask.sum().clamp_min(1).to(dtype)
+        pos_term = (d2 * pos_mask).sum() / n_pos
+        hinge = torch.relu(alpha - d2) * neg_mask
+        neg_term = 0.5 * hinge.sum() / n_neg
+        loss = pos_term + neg_term
+        if self.chi2_weight:
+            # Eq. 3's third term on f_cont: f = -D^2 on same-group pairs, +hinge on cross pairs
+            f2 = (d2.pow(2) * pos_mask).sum() + hinge.pow(2).sum()
+            loss = loss + self.chi2_weight * 0.25 * f2 / (n_pos + n_neg)
+        return loss
+
+    @staticmethod
+    def _code_pairs(strong: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        idx_s = torch.nonzero(strong).flatten()
+        idx_w = torch.nonzero(~strong).flatten()
+        m = min(idx_s.numel(), idx_w.numel())
+        n = strong.numel()
+        pos = torch.zeros(n, n, dtype=torch.bool, device=strong.device)
+        neg = torch.zeros_like(pos)
+        if m == 0:
+            return pos, neg
+        s, w = idx_s[:m], idx_w[:m]
+        ar = torch.arange(m, device=strong.device)
+        pos[s, s[m - 1 - ar]] = True
+        pos[s, s] = False  # (s_i, s_i) in the middle of an odd group has zero distance: dropped
+        neg[s, w[m - 1 - ar]] = True
+        return pos, neg

@@ -1,0 +1,279 @@
+"""CAF losses (Kim & Song 2021): loop references of Eq. 1, 4-8, GramNet/MMD and L_AV; gradcheck; degenerate batches."""
+import math
+
+import pytest
+import torch
+
+from fer_nb import metrics
+from fer_nb.losses.caf_critic import CAFCriticLoss, confidence_delta, gaussian_mi, margin_count
+from fer_nb.losses.fisher_ipm import FisherIPMLoss
+from fer_nb.losses.mmd_critic import MMDCriticLoss
+from fer_nb.losses.va_regression import VARegressionLoss
+
+
+def _batch(n=12, d=5, seed=0, dtype=torch.float64):
+    g = torch.Generator().manual_seed(seed)
+    z = torch.randn(n, d, generator=g, dtype=dtype)
+    lab = torch.zeros(n, dtype=torch.long)
+    lab[torch.randperm(n, generator=g)[: n // 2 + 1]] = 1
+    return z, lab
+
+
+# ---------- loop references ----------------------------------------------------------------
+
+def ref_mi(z, lab, sigma, mi_max=2.5):
+    zs = [z[i] for i in range(len(z)) if lab[i] == 1]
+    zw = [z[i] for i in range(len(z)) if lab[i] == 0]
+    d = z.shape[1]
+    g = lambda v: math.exp(-v * v / (2 * sigma * sigma))
+    ms = [sum(g(float(s[k])) for s in zs) / len(zs) for k in range(d)]
+    mw = [sum(g(float(w[k])) for w in zw) / len(zw) for k in range(d)]
+    a_bar, b_bar = sum(ms) / d, sum(mw) / d
+    cov = sum((ms[k] - a_bar) * (mw[k] - b_bar) for k in range(d))
+    va = sum((ms[k] - a_bar) ** 2 for k in range(d))
+    vb = sum((mw[k] - b_bar) ** 2 for k in range(d))
+    eta = cov / math.sqrt(va * vb)
+    return min(mi_max, -0.5 * math.log(1 - min(eta * eta, 1 - 1e-6))), eta
+
+
+def ref_caf_loss(z, lab, margin="delta", sigma=1.0, kappa=0.2, epoch=0, c=0.05, chi2_weight=0.0):
+    n = len(z)
+    d2 = lambda i, j: float(((z[i] - z[j]) ** 2).sum())
+    mi, _ = ref_mi(z, lab, sigma)
+    cross = [d2(i, j) for i in range(n) for j in range(n) if lab[i] == 1 and lab[j] == 0]
+    if margin == "delta":
+        srt = sorted(cross)
+        k = 0
+        for kk in range(1, len(srt) + 1):
+            if srt[kk - 1] < mi + math.log(n / c) / (2 * kk):
+                k = kk
+        k = max(k, 1)
+        alpha = mi + math.log(n / c) / (2 * k)
+    elif margin == "constant":
+        alpha = mi + kappa
+    else:
+        alpha = mi + 0.1 + epoch * 5e-3
+    pos = [d2(i, j) for i in range(n) for j in range(i + 1, n) if lab[i] == 1 and lab[j] == 1]
+    hinge = [max(0.0, alpha - c2) for c2 in cross]
+    loss = (sum(pos) / max(1, len(pos))) + 0.5 * sum(hinge) / max(1, len(cross))
+    if chi2_weight:
+        f2 = sum(p * p for p in pos) + sum(h * h for h in hinge)
+        loss += chi2_weight * 0.25 * f2 / (max(1, len(pos)) + max(1, len(cross)))
+    return loss, alpha
+
+
+@pytest.mark.parametrize("margin", ["delta", "constant", "linear"])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_caf_critic_matches_loop_reference(margin, seed):
+    z, lab = _batch(seed=seed)
+    loss_fn = CAFCriticLoss(margin=margin, bandwidth=1.0)
+    got = loss_fn(z, lab, epoch=7)
+    want, alpha = ref_caf_loss(z, lab, margin, sigma=1.0, epoch=7)
+    assert got.item() == pytest.approx(want, rel=1e-9, abs=1e-12)
+    assert loss_fn.last["alpha"].item() == pytest.approx(alpha, rel=1e-9)
+
+
+def test_caf_critic_chi2_regulariser_matches_reference():
+    z, lab = _batch(seed=4)
+    got = CAFCriticLoss(bandwidth=1.0, chi2_weight=1.0)(z, lab)
+    want, _ = ref_caf_loss(z, lab, sigma=1.0, chi2_weight=1.0)
+    assert got.item() == pytest.approx(want, rel=1e-9)
+
+
+def test_caf_critic_is_eq4_hinge_form():
+    """Eq. 4 with xi = +1 gives -max(0, D^2 - a): for same-group pairs only D^2 enters Eq. 6/7 (no margin);
+    with xi = -1 it is max(0, a - D^2): a wide margin makes every cross pair active, a zero margin none."""
+    z, lab = _batch(seed=5)
+    big = CAFCriticLoss(margin="constant", kappa=1e6, bandwidth=1.0)(z, lab)
+    small = CAFCriticLoss(margin="mi_only", bandwidth=1.0, mi_max=0.0)(z, lab)
+    strong = lab.bool()
+    d2 = torch.cdist(z, z).pow(2)
+    pos = d2[strong][:, strong].triu(1).sum() / (strong.sum() * (strong.sum() - 1) / 2)
+    assert small.item() == pytest.approx(pos.item(), rel=1e-9)  # hinge all zero
+    mi = CAFCriticLoss(margin="constant", kappa=1e6, bandwidth=1.0)
+    mi(z, lab)
+    neg = 0.5 * (mi.last["alpha"] - d2[strong][:, ~strong]).mean()
+    assert big.item() == pytest.approx((pos + neg).item(), rel=1e-9)
+
+
+def test_code_pairs_option_matches_loop():
+    z, lab = _batch(n=11, seed=6)
+    loss_fn = CAFCriticLoss(margin="constant", bandwidth=1.0, pairs="code")
+    got = loss_fn(z, lab)
+    alpha = loss_fn.last["alpha"].item()
+    s = [i for i in range(len(z)) if lab[i] == 1]
+    w = [i for i in range(len(z)) if lab[i] == 0]
+    m = min(len(s), len(w))
+    s, w = s[:m], w[:m]
+    pos = [float(((z[s[i]] - z[s[m - 1 - i]]) ** 2).sum()) for i in range(m) if i != m - 1 - i]
+    neg = [max(0.0, alpha - float(((z[s[i]] - z[w[m - 1 - i]]) ** 2).sum())) for i in range(m)]
+    want = sum(pos) / max(1, len(pos)) + 0.5 * sum(neg) / m
+    assert got.item() == pytest.approx(want, rel=1e-9)
+
+
+def test_mutual_information_and_delta_formulas():
+    z, lab = _batch(seed=3)
+    mi, eta = gaussian_mi(z[lab == 1], z[lab == 0], bandwidth=1.0)
+    want_mi, want_eta = ref_mi(z, lab, 1.0)
+    assert eta.item() == pytest.approx(want_eta, rel=1e-9)
+    assert mi.item() == pytest.approx(want_mi, rel=1e-9)
+    # identical groups: eta = 1 -> MI clipped at mi_max; MI = -1/2 log(1 - eta^2) for eta = 0.6
+    same, _ = gaussian_mi(z, z.clone(), bandwidth=1.0, mi_max=2.5)
+    assert same.item() == pytest.approx(2.5)
+    assert -0.5 * math.log(1 - 0.36) == pytest.approx(0.2231435513, rel=1e-9)
+    assert confidence_delta(256, 1).item() == pytest.approx(math.log(256 / 0.05) / 2)
+    assert confidence_delta(256, 10).item() == pytest.approx(math.log(5120) / 20)
+    with pytest.raises(ValueError, match="K >= 1"):
+        confidence_delta(256, 0)
+
+
+def test_margin_count_falls_as_groups_separate():
+    g = torch.Generator().manual_seed(0)
+    zs = torch.randn(16, 4, generator=g, dtype=torch.float64)
+    zw = torch.randn(16, 4, generator=g, dtype=torch.float64)
+    ks = []
+    for shift in (0.0, 1.0, 3.0, 10.0):
+        d2 = torch.cdist(zs + shift, zw).pow(2)
+        ks.append(int(margin_count(d2, torch.zeros((), dtype=torch.float64), 32)))
+    assert ks == sorted(ks, reverse=True) and ks[0] > ks[-1] == 1
+
+
+def test_caf_critic_gradcheck():
+    z, lab = _batch(n=8, d=3, seed=1)
+    z.requires_grad_(True)
+    for margin in ("delta", "constant", "linear"):
+        # margin differentiated through MI (detach_margin=False): the full Eq. 7 with Eq. 8's alpha
+        loss_fn = CAFCriticLoss(margin=margin, bandwidth=1.0, chi2_weight=0.5, detach_margin=False)
+        assert torch.autograd.gradcheck(lambda x: loss_fn(x, lab), (z,))
+    # the default detached margin: the gradient of Eq. 7 with alpha held fixed (here MI off, alpha = kappa)
+    loss_fn = CAFCriticLoss(margin="constant", kappa=3.0, mi_max=0.0, chi2_weight=0.5)
+    assert torch.autograd.gradcheck(lambda x: loss_fn(x, lab), (z,))
+
+
+@pytest.mark.parametrize("case", ["one_group", "no_strong", "zeros", "single", "two"])
+def test_caf_critic_degenerate_batches_finite(case):
+    z, lab = _batch(n=6, d=4, seed=2, dtype=torch.float32)
+    if case == "one_group":
+        lab = torch.ones(6, dtype=torch.long)
+    elif case == "no_strong":
+        lab = torch.zeros(6, dtype=torch.long)
+    elif case == "zeros":
+        z = torch.zeros(6, 4)
+    elif case == "single":
+        z, lab = z[:1], lab[:1]
+    elif case == "two":
+        z, lab = z[:2], torch.tensor([1, 0])
+    z = z.clone().requires_grad_(True)
+    for margin in ("delta", "constant", "linear"):
+        for pairs in ("all", "code"):
+            loss = CAFCriticLoss(margin=margin, pairs=pairs)(z, lab)
+            loss.backward()
+            assert torch.isfinite(loss) and torch.isfinite(z.grad).all()
+            z.grad = None
+
+
+def test_caf_critic_bad_input_errors():
+    with pytest.raises(ValueError, match="margin"):
+        CAFCriticLoss(margin="huge")
+    with pytest.raises(ValueError, match=r"\(B, d\)"):
+        CAFCriticLoss()(torch.zeros(4), torch.zeros(4))
+    with pytest.raises(ValueError, match="indicator"):
+        CAFCriticLoss()(torch.zeros(4, 2), torch.zeros(3))
+
+
+def test_caf_critic_float32_under_low_precision_input():
+    z, lab = _batch(seed=0, dtype=torch.float32)
+    a = CAFCriticLoss(bandwidth=1.0)(z.bfloat16(), lab)
+    assert a.dtype == torch.float32
+
+
+# ---------- Fisher IPM (Eq. 1) ----------------------------------------------------------------
+
+def test_fisher_ipm_matches_loop_and_multiplier_update():
+    z, lab = _batch(seed=7)
+    loss_fn = FisherIPMLoss(rho=0.3)
+    loss_fn.lagrange.fill_(0.7)
+    got = loss_fn(z, lab)
+    f = [float(z[i].mean()) for i in range(len(z))]
+    p = [f[i] for i in range(len(z)) if lab[i] == 1]
+    q = [f[i] for i in range(len(z)) if lab[i] == 0]
+    ep, eq = sum(p) / len(p), sum(q) / len(q)
+    omega = 0.5 * (sum(x * x for x in p) / len(p) + sum(x * x for x in q) / len(q))
+    want = -(ep - eq + 0.7 * (1 - omega) - 0.3 / 2 * (1 - omega) ** 2)
+    assert got.item() == pytest.approx(want, rel=1e-7)  # the multiplier is a float32 buffer
+    loss_fn.update_multiplier()
+    assert loss_fn.lagrange.item() == pytest.approx(0.7 - 0.3 * (1 - omega), rel=1e-6)
+
+
+def test_fisher_ipm_gradcheck_and_degenerate():
+    z, lab = _batch(n=8, d=3, seed=1)
+    z.requires_grad_(True)
+    loss_fn = FisherIPMLoss(rho=0.5)
+    assert torch.autograd.gradcheck(lambda x: loss_fn(x, lab), (z,))
+    for zz, ll in [(torch.zeros(4, 3), torch.ones(4)), (torch.randn(1, 3), torch.zeros(1)),
+                   (torch.randn(5, 3), torch.tensor([1, 0, 0, 0, 0]))]:
+        zz.requires_grad_(True)
+        loss = loss_fn(zz, ll)
+        loss.backward()
+        assert torch.isfinite(loss) and torch.isfinite(zz.grad).all()
+
+
+# ---------- MMD / GramNet -----------------------------------------------------------------------
+
+def test_mmd_and_gramnet_match_reference():
+    z, lab = _batch(n=10, d=3, seed=8)
+    zp, zq = z[lab == 1], z[lab == 0]
+    k = lambda a, b: math.exp(-float(((a - b) ** 2).sum()) / 2)
+    np_, nq = len(zp), len(zq)
+    mmd2 = (sum(k(a, b) for a in zp for b in zp) / np_**2 + sum(k(a, b) for a in zq for b in zq) / nq**2
+            - 2 * sum(k(a, b) for a in zq for b in zp) / (np_ * nq))
+    assert MMDCriticLoss("mmd", bandwidth=1.0)(z, lab).item() == pytest.approx(-mmd2, rel=1e-9)
+    kqq = torch.tensor([[k(a, b) for b in zq] for a in zq], dtype=torch.float64)
+    rhs = torch.tensor([sum(k(a, b) for b in zp) for a in zq], dtype=torch.float64)
+    r = (nq / np_) * torch.linalg.solve(kqq + 0.01 * torch.eye(nq, dtype=torch.float64), rhs)
+    want = -float(((r - 1) ** 2).mean())
+    assert MMDCriticLoss("gramnet", bandwidth=1.0, lam=0.01)(z, lab).item() == pytest.approx(want, rel=1e-8)
+
+
+def test_mmd_critic_gradcheck_and_degenerate():
+    z, lab = _batch(n=8, d=3, seed=9)
+    z.requires_grad_(True)
+    for kind in ("mmd", "gramnet"):
+        loss_fn = MMDCriticLoss(kind, bandwidth=1.5)
+        assert torch.autograd.gradcheck(lambda x: loss_fn(x, lab), (z,))
+        for zz, ll in [(torch.zeros(4, 3), torch.tensor([1, 1, 0, 0])), (torch.randn(1, 3), torch.ones(1)),
+                       (torch.randn(4, 3), torch.ones(4))]:
+            zz.requires_grad_(True)
+            loss = MMDCriticLoss(kind)(zz, ll)
+            loss.backward()
+            assert torch.isfinite(loss) and torch.isfinite(zz.grad).all()
+
+
+# ---------- L_AV --------------------------------------------------------------------------------
+
+def test_va_loss_matches_global_metrics():
+    g = torch.Generator().manual_seed(0)
+    y = torch.rand(50, 2, generator=g, dtype=torch.float64) * 2 - 1
+    p = 0.6 * y + 0.3 * torch.randn(50, 2, generator=g, dtype=torch.float64)
+    loss_fn = VARegressionLoss(eps=0.0)
+    got = loss_fn(p, y)
+    m = metrics.va_metrics(p, y)
+    want = (m["rmse_valence"] + m["rmse_arousal"]
+            + 0.5 * (1 - (m["pcc_valence"] + m["pcc_arousal"]) / 2)
+            + 0.5 * (1 - (m["ccc_valence"] + m["ccc_arousal"]) / 2))
+    assert got.item() == pytest.approx(want, rel=1e-9)
+
+
+def test_va_loss_gradcheck_and_degenerate():
+    g = torch.Generator().manual_seed(1)
+    y = torch.rand(6, 2, generator=g, dtype=torch.float64)
+    p = torch.rand(6, 2, generator=g, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x: VARegressionLoss()(x, y), (p,))
+    for pp, yy in [(torch.zeros(1, 2), torch.zeros(1, 2)), (torch.zeros(5, 2), torch.rand(5, 2)),
+                   (torch.ones(4, 2), torch.ones(4, 2))]:
+        pp.requires_grad_(True)
+        loss = VARegressionLoss()(pp, yy)
+        loss.backward()
+        assert torch.isfinite(loss) and torch.isfinite(pp.grad).all()
+    with pytest.raises(ValueError, match=r"\(B, 2\)"):
+        VARegressionLoss()(torch.zeros(3, 3), torch.zeros(3, 3))
