@@ -140,3 +140,106 @@ def test_bad_lambda_names_the_problem():
     x = torch.ones(2, requires_grad=True)
     layer(x).sum().backward()
     torch.testing.assert_close(x.grad, torch.full((2,), -0.9))
+
+
+# --- the reversal layer inside the UDAT-AS network (fer_nb.models.udat) -------------------------
+
+from fer_nb.models.udat import DOMAIN_HEADS, UDATNet, udat_losses  # noqa: E402
+
+
+def _tiny(head, lam, seed=0):
+    torch.manual_seed(seed)
+    return UDATNet(3, 7, width=1 / 16, fc_dim=16, domain_dim=8, domain_head=head, lambda_=lam,
+                   batch_norm=False, pool_size=1, dropout=0.0).double()
+
+
+@pytest.mark.parametrize("head", DOMAIN_HEADS)
+def test_udat_net_reverses_only_the_domain_gradient_into_g_f(head):
+    """In the net: d(L_y + L_d)/d theta_f == dL_y/d theta_f - lambda dL_d/d theta_f (Eq. 11 / 21),
+    while G_y and G_d get their own plain gradients (Eq. 9-10 / 19-20)."""
+    lam = 0.5
+    net = _tiny(head, lam)
+    g = torch.Generator().manual_seed(1)
+    xs, xt = torch.rand(6, 3, 32, 32, generator=g).double(), torch.rand(5, 3, 32, 32, generator=g).double()
+    ys = torch.randint(0, 7, (6,), generator=g)
+    out = udat_losses(net, xs, ys, xt)
+    f_params = [p for n, p in net.named_parameters() if n.startswith(("backbone.", "fc1.", "fc2."))]
+    d_params = list(net.domain.parameters())
+    total_f = torch.autograd.grad(out["loss"], f_params, retain_graph=True)
+    ly_f = torch.autograd.grad(out["loss_y"], f_params, retain_graph=True)
+    ld_f_rev = torch.autograd.grad(out["loss_d"], f_params, retain_graph=True)
+    ld_d = torch.autograd.grad(out["loss_d"], d_params)
+    # the same domain loss without the reversal layer
+    f = net.features(torch.cat([xs, xt]))
+    dom = torch.tensor([0] * 6 + [1] * 5)
+    plain = net.domain(f, dom)
+    ld_f = torch.autograd.grad(plain, f_params, retain_graph=True)
+    ld_d_plain = torch.autograd.grad(plain, d_params)
+    assert any(float(t.abs().max()) > 0 for t in ld_f)
+    for a, b in zip(ld_f_rev, ld_f):
+        assert torch.equal(a, -lam * b)  # lambda = 0.5: exact
+    for t, a, b in zip(total_f, ly_f, ld_f):
+        torch.testing.assert_close(t, a - lam * b, rtol=1e-12, atol=1e-14)
+    for a, b in zip(ld_d, ld_d_plain):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_udat_net_structure_and_feature_transfer():
+    net = UDATNet(3, 7, width=1 / 16, fc_dim=16, domain_dim=8, domain_head="angular_margin", pool_size=1)
+    convs = [m for m in net.backbone.modules() if isinstance(m, nn.Conv2d)]
+    fcs = [net.fc1[0], net.fc2[0], net.fc3[0], net.fc4]
+    assert len(convs) == 13 and all(isinstance(m, nn.Linear) for m in fcs)
+    dom_fcs = [m for m in net.domain.modules() if isinstance(m, nn.Linear)]
+    assert len(dom_fcs) == 2 and net.domain.out.margin == 0.5 and net.domain.out.scale == 64.0  # + angular layer
+    assert net.domain.out.weight.shape == (2, 8)
+    assert UDATNet(3, 7, width=1 / 16, fc_dim=16, domain_dim=8, domain_head="angular", pool_size=1).domain.out.margin == 0.0
+    x = torch.rand(2, 3, 32, 32)
+    assert net(x).shape == (2, 7) and net.features(x).shape == (2, 16)
+    other = UDATNet(3, 40, width=1 / 16, fc_dim=16, pool_size=1)  # e.g. an identity pre-training net
+    net.load_feature_state_dict(other.feature_state_dict())
+    net.eval(), other.eval()
+    torch.testing.assert_close(net.features(x), other.features(x))
+    with pytest.raises(KeyError, match="same"):
+        net.load_feature_state_dict(UDATNet(3, 7, width=1 / 8, fc_dim=16, pool_size=1, batch_norm=True).feature_state_dict())
+    with pytest.raises(RuntimeError, match="domain_head"):
+        other.domain_loss(other.features(x), torch.tensor([0, 1]))
+    with pytest.raises(ValueError, match="domain_head"):
+        UDATNet(3, 7, domain_head="cosface")
+
+
+def test_lambda_zero_udat_equals_source_only_training():
+    """"UDAT is suppressed by setting lambda to 0.0": with no BatchNorm, the FER part of a lambda = 0
+    UDAT run follows exactly the same trajectory as source-only training."""
+    torch.manual_seed(3)
+    a = UDATNet(3, 7, width=1 / 16, fc_dim=16, domain_dim=8, domain_head="softmax", lambda_=0.0, pool_size=1, dropout=0.0)
+    b = UDATNet(3, 7, width=1 / 16, fc_dim=16, pool_size=1, dropout=0.0)
+    b.load_state_dict({k: v for k, v in a.state_dict().items() if not k.startswith("domain.")})
+    oa, ob = torch.optim.SGD(a.parameters(), lr=0.05), torch.optim.SGD(b.parameters(), lr=0.05)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(3):
+        xs, xt = torch.rand(4, 3, 32, 32, generator=g), torch.rand(4, 3, 32, 32, generator=g)
+        ys = torch.randint(0, 7, (4,), generator=g)
+        for net, opt, tgt in ((a, oa, xt), (b, ob, None)):
+            opt.zero_grad()
+            udat_losses(net, xs, ys, tgt)["loss"].backward()
+            opt.step()
+    for k, v in b.state_dict().items():
+        torch.testing.assert_close(a.state_dict()[k], v, rtol=1e-6, atol=1e-7)
+
+
+def test_udat_net_rejects_too_small_images():
+    with pytest.raises(ValueError, match="image_size >= 32"):
+        UDATNet(3, 7, width=1 / 16, fc_dim=16, pool_size=1)(torch.rand(1, 3, 24, 24))
+
+
+def test_domain_alignment_number():
+    from fer_nb.domain_alignment import domain_alignment, proxy_a_distance
+
+    g = torch.Generator().manual_seed(0)
+    same = domain_alignment(torch.randn(400, 8, generator=g), torch.randn(400, 8, generator=g))
+    apart = domain_alignment(torch.randn(400, 8, generator=g), torch.randn(400, 8, generator=g) + 3.0)
+    assert abs(same["domain_acc"] - 0.5) < 0.1 and abs(same["proxy_a_distance"]) < 0.4
+    assert apart["domain_acc"] > 0.97 and apart["proxy_a_distance"] > 1.8
+    assert proxy_a_distance(0.5) == 0.0 and proxy_a_distance(0.0) == 2.0
+    with pytest.raises(ValueError, match="same D"):
+        domain_alignment(torch.randn(10, 3), torch.randn(10, 4))
