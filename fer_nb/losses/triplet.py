@@ -1,0 +1,122 @@
+"""Triplet loss (Ding et al., 2015; the baseline of Liu et al., CVPRW 2017, Sec. 2).
+
+For a triplet (anchor ``a``, positive ``p`` of the anchor's class, negative ``n`` of another class)
+
+.. math::
+
+    \\ell(a, p, n) = \\max\\bigl(0,\\; D(f_a, f_p) - D(f_a, f_n) + \\tau\\bigr),
+
+with ``D`` the Euclidean distance (``power=1``) or its square (``power=2``, Liu et al.'s Eq. 4
+with ``M = I``). Liu et al. count ``C_X^3`` input passes and ``2 C_X^3`` distance evaluations for
+this loss on a batch of ``X`` queries (Sec. 3) and do not train with it (Sec. 5.3).
+
+``forward(embeddings, labels)`` uses **all** valid triplets of the batch (``y_a = y_p``,
+``a != p``, ``y_n != y_a``; label ``-1`` = unlabelled, ignored); ``triplets=(T, 3)`` index rows
+restrict it to given triplets. ``reduction="mean"`` averages over the triplets (zero-loss ones
+included, like pytorch-metric-learning's ``MeanReducer``), ``"sum"`` sums, ``"none"`` returns the
+per-triplet losses. A batch without a triplet gives ``0`` (still connected to the graph).
+Computed in float32 (float64 stays float64), also under autocast.
+
+Example::
+
+    loss = TripletLoss(margin=0.2, power=2)(embeddings, labels)
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+REDUCTIONS = ("mean", "sum", "none")
+
+
+def working_dtype(x: torch.Tensor) -> torch.dtype:
+    """float64 stays float64; everything else (bf16/fp16 under autocast, float32) becomes float32."""
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+def pairwise_distance(a: torch.Tensor, b: torch.Tensor, power: int = 2) -> torch.Tensor:
+    """``D[i, j] = ||a_i - b_j||^power`` (power 1 or 2), exact (difference form, no cancellation).
+
+    ``power=1`` uses ``sqrt(max(d2, 1e-12))`` so coincident points have a zero (not NaN) gradient.
+    """
+    d2 = (a[:, None, :] - b[None, :, :]).pow(2).sum(-1)
+    if power == 2:
+        return d2
+    if power == 1:
+        return d2.clamp_min(1e-12).sqrt()
+    raise ValueError(f"power must be 1 (Euclidean) or 2 (squared Euclidean), got {power!r}")
+
+
+def check_batch(embeddings: torch.Tensor, labels: torch.Tensor, name: str) -> None:
+    """Shape and dtype checks shared by the tuple losses (errors name the fix)."""
+    if embeddings.ndim != 2:
+        raise ValueError(f"{name}: embeddings must be (batch, dim), got {tuple(embeddings.shape)}; flatten them first")
+    if labels.ndim != 1 or labels.shape[0] != embeddings.shape[0]:
+        raise ValueError(f"{name}: labels must be (batch,) = ({embeddings.shape[0]},), got {tuple(labels.shape)}")
+    if labels.dtype.is_floating_point or labels.dtype == torch.bool:
+        raise TypeError(f"{name}: labels must be integer class ids (use labels.long()), got {labels.dtype}")
+
+
+def check_reduction(reduction: str, name: str) -> str:
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"{name}: reduction must be one of {REDUCTIONS}, got {reduction!r}")
+    return reduction
+
+
+def reduce_values(values: torch.Tensor, reduction: str, anchor: torch.Tensor) -> torch.Tensor:
+    """Mean/sum/none of a 1-D tensor; an empty one reduces to ``0 * anchor.sum()`` (graph kept)."""
+    if reduction == "none":
+        return values
+    if values.numel() == 0:
+        return anchor.sum() * 0.0
+    return values.sum() if reduction == "sum" else values.mean()
+
+
+class TripletLoss(nn.Module):
+    """Hinge triplet loss over all (or given) triplets of a batch.
+
+    Args:
+        margin: the gap ``tau``.
+        power: 1 = Euclidean distance, 2 = squared Euclidean distance.
+        reduction: ``"mean"`` over triplets (zeros included), ``"sum"`` or ``"none"``.
+    """
+
+    def __init__(self, margin: float = 1.0, power: int = 2, reduction: str = "mean"):
+        super().__init__()
+        if power not in (1, 2):
+            raise ValueError(f"TripletLoss: power must be 1 or 2, got {power!r}")
+        self.margin = float(margin)
+        self.power = int(power)
+        self.reduction = check_reduction(reduction, "TripletLoss")
+
+    def extra_repr(self) -> str:
+        return f"margin={self.margin}, power={self.power}, reduction={self.reduction!r}"
+
+    @staticmethod
+    def all_triplets(labels: torch.Tensor) -> torch.Tensor:
+        """``(T, 3)`` index rows (a, p, n) of every valid triplet of ``labels`` (vectorised)."""
+        y = labels
+        valid = y >= 0
+        idx = torch.arange(len(y), device=y.device)
+        same = (y[:, None] == y[None, :]) & valid[:, None] & valid[None, :] & (idx[:, None] != idx[None, :])
+        diff = (y[:, None] != y[None, :]) & valid[:, None] & valid[None, :]
+        mask = same[:, :, None] & diff[:, None, :]
+        return mask.nonzero()
+
+    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor,
+                triplets: torch.Tensor | None = None) -> torch.Tensor:
+        check_batch(embeddings, labels, "TripletLoss")
+        if triplets is None:
+            triplets = self.all_triplets(labels)
+        elif triplets.ndim != 2 or triplets.shape[1] != 3:
+            raise ValueError(f"TripletLoss: triplets must be (T, 3) index rows (a, p, n), got {tuple(triplets.shape)}")
+        with torch.autocast(device_type=embeddings.device.type, enabled=False):
+            x = embeddings.to(working_dtype(embeddings))
+            a, p, n = x[triplets[:, 0]], x[triplets[:, 1]], x[triplets[:, 2]]
+            d_ap = (a - p).pow(2).sum(-1)
+            d_an = (a - n).pow(2).sum(-1)
+            if self.power == 1:
+                d_ap, d_an = d_ap.clamp_min(1e-12).sqrt(), d_an.clamp_min(1e-12).sqrt()
+            per = F.relu(d_ap - d_an + self.margin)
+            return reduce_values(per, self.reduction, x)

@@ -1,0 +1,334 @@
+"""Triplet, (N+1)-tuple, coupled clusters and (N+M)-tuple clusters losses (Liu et al.).
+
+Each loss against a loop-by-loop reference of its equation, float64 gradcheck, degenerate batches,
+and pytorch-metric-learning where a counterpart exists (explicit distance and reducer).
+"""
+import math
+
+import pytest
+import torch
+from pytorch_metric_learning import losses as pml_losses
+from pytorch_metric_learning.distances import LpDistance
+from pytorch_metric_learning.reducers import MeanReducer
+
+from fer_nb.losses.coupled_clusters import CoupledClustersLoss, cluster_masks
+from fer_nb.losses.n_plus_one_tuple import NPlusOneTupleLoss
+from fer_nb.losses.nm_tuple_clusters import NMTupleClustersLoss
+from fer_nb.losses.triplet import TripletLoss
+
+
+def batch(n=12, d=5, k=3, seed=0, dtype=torch.float64):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, d, generator=g, dtype=dtype)
+    y = torch.arange(n) % k
+    return x, y
+
+
+def D(a, b, power=2):
+    d2 = float(((a - b) ** 2).sum())
+    return d2 if power == 2 else math.sqrt(d2)
+
+
+# ---------------------------------------------------------------- loop references of the equations
+def triplet_ref(x, y, margin, power):
+    vals = []
+    for a in range(len(y)):
+        for p in range(len(y)):
+            for n in range(len(y)):
+                if a != p and y[a] == y[p] and y[n] != y[a] and y[a] >= 0 and y[n] >= 0:
+                    vals.append(max(0.0, D(x[a], x[p], power) - D(x[a], x[n], power) + margin))
+    return sum(vals) / len(vals) if vals else 0.0
+
+
+def nplus1_ref(x, y, margin):
+    vals = []
+    for a in range(len(y)):
+        for p in range(len(y)):
+            if a == p or y[a] != y[p] or y[a] < 0:
+                continue
+            s = sum(math.exp(D(x[a], x[p]) + margin - D(x[a], x[n])) for n in range(len(y)) if y[n] != y[a] and y[n] >= 0)
+            vals.append(math.log(1 + s))  # Eq. 1
+    return sum(vals) / len(vals)
+
+
+def clusters_ref(y, groups):
+    """(positives, negatives) index lists per cluster, by plain loops."""
+    out = []
+    if groups is None:
+        for c in sorted(set(int(v) for v in y if v >= 0)):
+            out.append(([i for i in range(len(y)) if y[i] == c], [i for i in range(len(y)) if y[i] >= 0 and y[i] != c]))
+    else:
+        for g in sorted(set(int(v) for v in groups)):
+            rows = [i for i in range(len(y)) if groups[i] == g]
+            q = rows[0]
+            if y[q] < 0:
+                continue
+            out.append(([i for i in rows if y[i] == y[q]], [i for i in rows if y[i] != y[q] and y[i] >= 0]))
+    return out
+
+
+def ccl_ref(x, y, margin, groups=None):
+    vals = []
+    for pos, neg in clusters_ref(y, groups):
+        c = sum(x[i] for i in pos) / len(pos)
+        if not neg:
+            vals.append(0.0)
+            continue
+        dn = min(D(x[j], c) for j in neg)
+        vals.append(sum(0.5 * max(0.0, D(x[i], c) + margin - dn) for i in pos) / len(pos))
+    return sum(vals) / len(vals)
+
+
+def mine_ref(x, pos, neg):
+    """Algorithm 1."""
+    c = sum(x[i] for i in pos) / len(pos)
+    if not neg:
+        return pos
+    dn = min(D(x[j], c) for j in neg)
+    kept = [i for i in pos if D(x[i], c) <= dn]
+    return kept or pos
+
+
+def nm_fixed_ref(x, y, T, tau, groups=None, mining=True):
+    vals = []
+    for pos, neg in clusters_ref(y, groups):
+        kept = mine_ref(x, pos, neg) if mining else pos
+        c = sum(x[i] for i in kept) / len(kept)
+        lp = sum(max(0.0, D(x[i], c) - T + tau / 2) for i in kept) / len(kept)   # Eq. 3
+        ln = sum(max(0.0, T + tau / 2 - D(x[j], c)) for j in neg) / len(neg) if neg else 0.0
+        vals.append(lp + ln)
+    return sum(vals) / len(vals)
+
+
+def nm_adaptive_ref(x, y, mats, groups=None):
+    A, B, cvec, b = (mats[k].detach().double() for k in ("A", "B", "c", "b"))
+
+    def H(f1, f2):  # Eq. 7 with explicit matrices
+        return float(0.5 * f1 @ A @ f1 + 0.5 * f2 @ A @ f2 + f1 @ B @ f2 + cvec @ (f1 + f2) + b)
+
+    vals = []
+    for pos, neg in clusters_ref(y, groups):
+        kept = mine_ref(x, pos, neg)
+        c = sum(x[i] for i in kept) / len(kept)
+        terms = [max(0.0, -H(x[i], c) + 1) for i in kept] + [max(0.0, H(x[j], c) + 1) for j in neg]  # Eq. 10
+        vals.append(sum(terms) / len(terms))
+    return sum(vals) / len(vals)
+
+
+# ---------------------------------------------------------------- triplet
+@pytest.mark.parametrize("power", [1, 2])
+def test_triplet_matches_loop_and_pml(power):
+    x, y = batch()
+    margin = 0.7
+    ours = TripletLoss(margin=margin, power=power)(x, y)
+    assert ours.item() == pytest.approx(triplet_ref(x, y, margin, power), rel=1e-9)
+    pml = pml_losses.TripletMarginLoss(margin=margin, distance=LpDistance(normalize_embeddings=False, p=2, power=power),
+                                       reducer=MeanReducer(), triplets_per_anchor="all")
+    assert ours.item() == pytest.approx(pml(x, y).item(), rel=1e-6)
+
+
+def test_triplet_explicit_triplets_and_reductions():
+    x, y = batch()
+    loss = TripletLoss(margin=1.0, reduction="none")
+    t = TripletLoss.all_triplets(y)
+    per = loss(x, y)
+    assert per.shape == (len(t),)
+    assert torch.allclose(TripletLoss(reduction="sum")(x, y), per.sum())
+    sub = t[:5]
+    assert torch.allclose(TripletLoss(margin=1.0)(x, y, triplets=sub), per[:5].mean())
+
+
+# ---------------------------------------------------------------- (N+1)-tuple
+def test_nplus1_matches_loop():
+    x, y = batch()
+    assert NPlusOneTupleLoss(margin=0.3)(x, y).item() == pytest.approx(nplus1_ref(x, y, 0.3), rel=1e-9)
+
+
+def test_nplus1_eq2_rewrite_is_an_identity():
+    x, y = batch()
+    dqp, dqn, tau = D(x[0], x[3]), D(x[0], x[1]), 0.4
+    for T in (-2.0, 0.0, 1.5):
+        lhs = math.exp(dqp + tau - dqn)
+        rhs = math.exp(dqp - T + tau / 2) * math.exp(T + tau / 2 - dqn)   # Eq. 2
+        assert lhs == pytest.approx(rhs, rel=1e-12)
+
+
+def test_nplus1_matches_pml_npairs():
+    # two rows per class; pml keeps the first (anchor, positive) pair per class and uses the other
+    # classes' positives as negatives: our Eq. 1 with margin 0 and those explicit tuples
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(10, 4, generator=g, dtype=torch.float64)
+    y = torch.tensor([0, 1, 2, 3, 4, 0, 1, 2, 3, 4])
+    pairs = torch.tensor([[i, i + 5] for i in range(5)])
+    neg = torch.zeros(5, 10, dtype=torch.bool)
+    for k in range(5):
+        for j in range(5):
+            if j != k:
+                neg[k, j + 5] = True
+    ours = NPlusOneTupleLoss(margin=0.0)(x, y, pairs=pairs, negative_mask=neg)
+    pml = pml_losses.NPairsLoss(distance=LpDistance(normalize_embeddings=False, p=2, power=2), reducer=MeanReducer())
+    assert ours.item() == pytest.approx(pml(x, y).item(), rel=1e-6)
+
+
+def test_nplus1_groups_use_query_first_positive_and_negatives():
+    x, y = batch(n=8)
+    y = torch.tensor([0, 0, 0, 1, 2, 1, 1, 0])
+    groups = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1])
+    ours = NPlusOneTupleLoss(margin=0.2)(x, y, groups=groups)
+    # group 0: query 0, x+ = 1, negatives {3}; group 1: query 4 (label 2) has no positive -> skipped
+    ref = math.log(1 + math.exp(D(x[0], x[1]) + 0.2 - D(x[0], x[3])))
+    assert ours.item() == pytest.approx(ref, rel=1e-9)
+
+
+# ---------------------------------------------------------------- coupled clusters
+@pytest.mark.parametrize("use_groups", [False, True])
+def test_ccl_matches_loop(use_groups):
+    x, y = batch(n=14)
+    groups = torch.arange(14) // 7 if use_groups else None
+    ours = CoupledClustersLoss(margin=0.8)(x, y, groups=groups)
+    assert ours.item() == pytest.approx(ccl_ref(x, y, 0.8, groups), rel=1e-9)
+
+
+def test_cluster_masks_groups():
+    y = torch.tensor([2, 2, 0, 1, 1, 1, 0, -1])
+    groups = torch.tensor([5, 5, 5, 5, 9, 9, 9, 9])
+    pos, neg = cluster_masks(y, groups)
+    assert pos.tolist() == [[1, 1, 0, 0, 0, 0, 0, 0], [0, 0, 0, 0, 1, 1, 0, 0]]
+    assert neg.tolist() == [[0, 0, 1, 1, 0, 0, 0, 0], [0, 0, 0, 0, 0, 0, 1, 0]]
+
+
+# ---------------------------------------------------------------- (N+M)-tuple clusters
+@pytest.mark.parametrize("use_groups", [False, True])
+@pytest.mark.parametrize("mining", [True, False])
+def test_nm_fixed_matches_loop(use_groups, mining):
+    x, y = batch(n=14)
+    groups = torch.arange(14) // 7 if use_groups else None
+    ours = NMTupleClustersLoss(reference=3.0, tau=1.5, mining=mining)(x, y, groups=groups)
+    assert ours.item() == pytest.approx(nm_fixed_ref(x, y, 3.0, 1.5, groups, mining), rel=1e-9)
+
+
+def test_mining_keeps_all_when_every_positive_is_beyond_the_nearest_negative():
+    # centre of the positives is 5/3; the negative at 2 is nearer than every positive -> fallback keeps all
+    x = torch.tensor([[0.0], [0.0], [5.0], [2.0]], dtype=torch.float64)
+    y = torch.tensor([0, 0, 0, 1])
+    g = torch.zeros(4, dtype=torch.long)
+    mined = NMTupleClustersLoss(reference=1.0, tau=0.0, mining=True)(x, y, groups=g)
+    plain = NMTupleClustersLoss(reference=1.0, tau=0.0, mining=False)(x, y, groups=g)
+    assert mined.item() == pytest.approx(plain.item(), rel=1e-12)
+    assert mined.item() == pytest.approx(nm_fixed_ref(x, y, 1.0, 0.0, g), rel=1e-12)
+
+
+def test_mining_changes_the_centre():
+    x = torch.tensor([[0.0], [0.4], [4.0], [3.0]], dtype=torch.float64)
+    y = torch.tensor([0, 0, 0, 1])
+    groups = torch.zeros(4, dtype=torch.long)
+    mined = NMTupleClustersLoss(reference=1.0, tau=0.0, mining=True)(x, y, groups=groups)
+    plain = NMTupleClustersLoss(reference=1.0, tau=0.0, mining=False)(x, y, groups=groups)
+    # c0 = 1.467; neg at 3 -> d = 2.35; positive at 4 has d = 6.4 > 2.35 -> dropped; c+ = 0.2
+    c = 0.2
+    ref = ((max(0, c ** 2 - 1) + max(0, (0.4 - c) ** 2 - 1)) / 2) + max(0, 1 - (3 - c) ** 2)
+    assert mined.item() == pytest.approx(ref, abs=1e-12)
+    assert plain.item() != pytest.approx(mined.item())
+
+
+@pytest.mark.parametrize("form", ["metric", "eq8"])
+@pytest.mark.parametrize("use_groups", [False, True])
+def test_nm_adaptive_matches_loop_with_explicit_matrices(form, use_groups):
+    x, y = batch(n=14, d=4)
+    groups = torch.arange(14) // 7 if use_groups else None
+    loss = NMTupleClustersLoss(adaptive=True, embedding_dim=4, form=form).double()
+    with torch.no_grad():  # move away from the initialisation
+        for p in loss.parameters():
+            p.add_(0.3 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel()), dtype=p.dtype))
+    ours = loss(x, y, groups=groups)
+    assert ours.item() == pytest.approx(nm_adaptive_ref(x, y, loss.H.matrices(), groups), rel=1e-9)
+
+
+def test_adaptive_metric_form_starts_at_fixed_loss():
+    x, y = batch(n=12, d=6)
+    adaptive = NMTupleClustersLoss(adaptive=True, embedding_dim=6, init_reference=2.5).double()
+    # Eq. 10 with H = T - D, T = 2.5, tau/2 = 1: the Eq. 3 hinges, weighted by 1/(N + M*) jointly
+    vals = []
+    for pos, neg in clusters_ref(y, None):
+        kept = mine_ref(x, pos, neg)
+        c = sum(x[i] for i in kept) / len(kept)
+        terms = [max(0.0, D(x[i], c) - 2.5 + 1) for i in kept] + [max(0.0, 2.5 + 1 - D(x[j], c)) for j in neg]
+        vals.append(sum(terms) / len(terms))
+    # (sqrt(2) of the initial L_A, L_B is stored in float32: agreement to ~1e-7)
+    assert adaptive(x, y).item() == pytest.approx(sum(vals) / len(vals), rel=1e-6)
+    # H = b - ||f1 - f2||^2 at the initialisation (Eq. 8 with L_A = L_B = sqrt(2) I, c = 0)
+    h = adaptive.H(x, x[:3])
+    assert torch.allclose(h, 2.5 - ((x[None, :3] - x[:, None]) ** 2).sum(-1).T, rtol=1e-6, atol=1e-6)
+
+
+def test_eq9_literal_would_push_positives_away():
+    # Eq. 9's positive term max(0, H + 1) is zero only for far positives; Eq. 10's max(0, -H + 1) for near ones
+    T = 2.0
+    near, far = 0.1, 9.0  # squared distances
+    h_near, h_far = T - near, T - far
+    assert max(0, -h_near + 1) == 0 and max(0, -h_far + 1) > 0      # Eq. 10: near positive is fine
+    assert max(0, h_near + 1) > 0 and max(0, h_far + 1) == 0        # Eq. 9 literal: the opposite
+
+
+# ---------------------------------------------------------------- shared properties
+def all_losses(d=4):
+    return {
+        "triplet": TripletLoss(margin=0.5),
+        "triplet_p1": TripletLoss(margin=0.5, power=1),
+        "nplus1": NPlusOneTupleLoss(margin=0.5),
+        "ccl": CoupledClustersLoss(margin=0.5),
+        "nm_fixed": NMTupleClustersLoss(reference=1.0, tau=1.0),
+        "nm_adaptive": NMTupleClustersLoss(adaptive=True, embedding_dim=d).double(),
+    }
+
+
+@pytest.mark.parametrize("name", list(all_losses()))
+def test_gradcheck_float64(name):
+    loss = all_losses()[name]
+    x, y = batch(n=9, d=4)
+    x = x.clone().requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda e: loss(e, y), (x,), eps=1e-6, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", list(all_losses()))
+@pytest.mark.parametrize("case", ["single_class", "empty_class_label", "zeros", "one", "unlabelled"])
+def test_degenerate_batches_finite(name, case):
+    loss = all_losses()[name]
+    x, y = batch(n=6, d=4)
+    if case == "single_class":
+        y = torch.zeros(6, dtype=torch.long)
+    elif case == "empty_class_label":
+        y = torch.tensor([0, 0, 2, 2, 2, 0])   # class 1 has no member
+    elif case == "zeros":
+        x = torch.zeros_like(x)
+    elif case == "one":
+        x, y = x[:1], y[:1]
+    elif case == "unlabelled":
+        y = torch.full((6,), -1)
+    x = x.clone().requires_grad_(True)
+    out = loss(x, y)
+    out.backward()
+    assert torch.isfinite(out) and torch.isfinite(x.grad).all()
+
+
+@pytest.mark.parametrize("name", list(all_losses()))
+def test_float32_under_autocast_and_bf16_input(name):
+    loss = all_losses()[name].float()
+    x, y = batch(n=8, d=4, dtype=torch.float32)
+    ref = loss(x, y)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = loss(x.bfloat16(), y)
+    assert out.dtype == torch.float32
+    assert out.item() == pytest.approx(ref.item(), rel=0.05, abs=0.05)
+
+
+def test_bad_inputs_name_the_fix():
+    x, y = batch()
+    with pytest.raises(TypeError, match="long"):
+        TripletLoss()(x, y.float())
+    with pytest.raises(ValueError, match="reduction"):
+        NMTupleClustersLoss(reduction="avg")
+    with pytest.raises(ValueError, match="embedding_dim"):
+        NMTupleClustersLoss(adaptive=True)
+    with pytest.raises(ValueError, match="power"):
+        TripletLoss(power=3)
