@@ -32,7 +32,7 @@ from typing import Iterator, Sequence
 import torch
 
 from fer_nb.data.schema import AUS, EXPRESSIONS, FaceArrays
-from fer_nb.data.synthfacs_render import M32, hash32, render
+from fer_nb.data.synthfacs_render import M32, NOISE_BANK, hash32, noise_bank, render
 
 DOMAINS = ("lab", "wild")
 MIN_SIZE, MAX_SIZE = 32, 256
@@ -329,6 +329,7 @@ def _nuisance(r: _Rand, wild: bool) -> dict[str, torch.Tensor]:
                  bg_dir=z, occ=z, occ_x=z, occ_y=z, occ_w=z, occ_h=z, noise=z + 0.025)
         p["bg1"] = grey[:, None].expand(n, 3).clone()
         p["bg2"] = p["bg1"]
+        p["occc"] = p["bg1"]
         return p
     p.update(
         rot=(r.normal("rot") * 0.2).clamp(-0.45, 0.45),
@@ -347,8 +348,13 @@ def _nuisance(r: _Rand, wild: bool) -> dict[str, torch.Tensor]:
         occ_h=r.range("occ_h", 0.08, 0.25),
         noise=r.range("noise", 0.03, 0.09),
     )
-    p["bg1"] = torch.stack([r.u(f"bg1{c}") for c in "rgb"], 1) * 0.9 + 0.05
-    p["bg2"] = torch.stack([r.u(f"bg2{c}") for c in "rgb"], 1) * 0.9 + 0.05
+    for name in ("bg1", "bg2", "occ_rgb"):  # muted colours: a random hue mixed with a random grey
+        rgb = torch.stack([r.u(f"{name}{c}") for c in "rgb"], 1)
+        g = r.range(f"{name}_grey", 0.1, 0.9)[:, None]
+        sat = r.range(f"{name}_sat", 0.1, 0.6)[:, None]
+        p[name] = (g + sat * (rgb - 0.5)).clamp(0.02, 0.98)
+    hand = torch.tensor([0.95, 0.78, 0.66], dtype=torch.float64) * r.range("hand_tone", 0.45, 1.0)[:, None]
+    p["occc"] = torch.where(r.u("occ_hand")[:, None] < 0.5, hand, p.pop("occ_rgb"))
     return p
 
 
@@ -365,13 +371,20 @@ def _to_device(p: dict[str, torch.Tensor], device) -> dict[str, torch.Tensor]:
     return {k: v.to(device=device, dtype=torch.float32) for k, v in p.items()}
 
 
+def _chunk(device: torch.device) -> int:
+    """Images per render call: small on a CPU (the working set stays in cache), large on a GPU."""
+    return 128 if device.type == "cpu" else 4096
+
+
 def _render_chunked(p: dict[str, torch.Tensor], image_size: int, channels: int, wild: bool,
-                    device, chunk: int = 512) -> torch.Tensor:
+                    device: torch.device) -> torch.Tensor:
     n = next(iter(p.values())).shape[0]
     out = torch.empty(n, channels, image_size, image_size, dtype=torch.uint8, device=device)
+    bank = noise_bank(0, NOISE_BANK, channels, image_size, image_size, device)
+    chunk = _chunk(device)
     for s in range(0, n, chunk):
         part = _to_device({k: v[s:s + chunk] for k, v in p.items()}, device)
-        out[s:s + chunk] = render(part, image_size, channels, wild)
+        out[s:s + chunk] = render(part, image_size, channels, wild, bank=bank)
     return out
 
 
