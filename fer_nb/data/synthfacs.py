@@ -635,6 +635,7 @@ def render_aus(aus: dict[int, float] | Sequence[dict[int, float]], *, subject: i
             mat[i, AUS.index(au)] = float(val)
     ident = identity_params(torch.full((n,), subject, dtype=torch.int64), domain)
     nuis = _nuisance(_Rand(_key("render_aus"), torch.arange(n)), False)
+    nuis["bg1"] = nuis["bg2"] = nuis["occc"] = torch.full((n, 3), 0.63, dtype=torch.float64)
     params = _render_params(ident, mat.clamp(0, 1), torch.full((n,), unilateral), nuis)
     return _render_chunked(params, image_size, channels, False, torch.device(device))
 

@@ -282,10 +282,10 @@ def render(p: dict[str, torch.Tensor], image_size: int, channels: int, wild: boo
     uu = mwin.u - fx
     mu = uu.abs()
     side = uu > 0
-    mwL = 0.165 * q["mouth_w"] * (1 + 0.2 * q["r12L"] + 0.3 * q["r20"] - 0.12 * q["r23"] - 0.06 * q["r14L"])
-    mwR = 0.165 * q["mouth_w"] * (1 + 0.2 * q["r12R"] + 0.3 * q["r20"] - 0.12 * q["r23"] - 0.06 * q["r14R"])
-    dyL = 0.012 * q["mouth_rest"] - 0.1 * q["r12L"] + 0.075 * q["r15"] + 0.015 * q["r20"] - 0.015 * q["r14L"]
-    dyR = 0.012 * q["mouth_rest"] - 0.1 * q["r12R"] + 0.075 * q["r15"] + 0.015 * q["r20"] - 0.015 * q["r14R"]
+    mwL = 0.165 * q["mouth_w"] * (1 + 0.2 * q["r12L"] + 0.3 * q["r20"] - 0.12 * q["r23"] - 0.1 * q["r14L"])
+    mwR = 0.165 * q["mouth_w"] * (1 + 0.2 * q["r12R"] + 0.3 * q["r20"] - 0.12 * q["r23"] - 0.1 * q["r14R"])
+    dyL = 0.012 * q["mouth_rest"] - 0.1 * q["r12L"] + 0.075 * q["r15"] + 0.015 * q["r20"] - 0.025 * q["r14L"]
+    dyR = 0.012 * q["mouth_rest"] - 0.1 * q["r12R"] + 0.075 * q["r15"] + 0.015 * q["r20"] - 0.025 * q["r14R"]
     mw = torch.where(side, mwR, mwL)                                       # (B,1,w)
     dy = torch.where(side, dyR, dyL)
     my = 0.43 + q["mouth_y"] - 0.012 * q["r9"]
@@ -294,46 +294,44 @@ def render(p: dict[str, torch.Tensor], image_size: int, channels: int, wild: boo
     inner = 1 - s2
     sq = inner.sqrt()
     ym = my + dy * s2 - (0.024 * q["r17"] + 0.012 * q["r15"]) * inner
-    gap0 = 0.028 * q["r25"] + 0.17 * q["r26"] + 0.03 * q["r16"] * q["r25"]
+    gap0 = 0.04 * q["r25"] + 0.17 * q["r26"] + 0.03 * q["r16"]
     gap = gap0 * sq
     yo1 = ym - 0.3 * gap
     yo2 = ym + 0.7 * gap
-    tu = 0.028 * q["lip"] * (1 - 0.65 * q["r23"]) * (0.5 + 0.5 * sq)
-    tl = 0.04 * q["lip"] * (1 - 0.6 * q["r23"]) * (0.35 + 0.65 * sq) * (1 + 0.35 * q["r16"])
+    tu = 0.028 * q["lip"] * (1 - 0.8 * q["r23"]) * (0.5 + 0.5 * sq)
+    tl = 0.04 * q["lip"] * (1 - 0.75 * q["r23"]) * (0.35 + 0.65 * sq) * (1 + 0.35 * q["r16"])
     inside_m = ramp((1 - sm.abs()) * mw)
-    mw_avg = 0.5 * (mwL + mwR)
-    dy_avg = 0.5 * (dyL + dyR)
-    # nasolabial folds: from the nose wing to beyond the mouth corners (parametrised by v)
-    fold = (0.12 + 0.25 * q["age"] + 0.85 * 0.5 * (q["r12L"] + q["r12R"]) + 0.6 * q["r9"] + 0.25 * q["r6"]
-            + 0.3 * q["r20"]).clamp(0, 1)
-    y1, y2 = ny - 0.01, my + dy_avg + 0.04
-    x1, x2 = nw + 0.05, mw_avg + 0.03
+    # nasolabial folds: from the nose wing to beyond the mouth corners (parametrised by v; per side)
+    r12 = torch.where(side, q["r12R"], q["r12L"])
+    fold = (0.12 + 0.25 * q["age"] + 0.85 * r12 + 0.6 * q["r9"] + 0.25 * q["r6"] + 0.3 * q["r20"]).clamp(0, 1)
+    y1, y2 = ny - 0.01, my + dy + 0.04
+    x1, x2 = nw + 0.05, mw + 0.03
     tt = (vb - y1) / (y2 - y1)
     ttc = tt.clamp(0, 1)
     xc = x1 + (x2 - x1) * tt + 0.12 * ttc * (1 - ttc)
     ln = fold * ramp(max(0.007, 0.7 * minw) - (mu - xc).abs()) * (ramp(tt, 5.0) * ramp(1 - tt, 5.0))
     # marionette lines (AU15, age) from the corners downwards
     mar = (0.8 * q["r15"] + 0.2 * q["age"]).clamp(0, 1)
-    tt2 = (vb - (my + dy_avg + 0.02)) / 0.12
-    xc2 = mw_avg + 0.01 + 0.02 * tt2
+    tt2 = (vb - (my + dy + 0.02)) / 0.12
+    xc2 = mw + 0.01 + 0.02 * tt2
     ln = torch.maximum(ln, mar * ramp(thin - (mu - xc2).abs()) * (ramp(tt2, 8.0) * ramp(1 - tt2, 8.0)))
     # AU14 dimples and AU20 stretch lines at the corners (side-specific)
     a14 = torch.where(side, q["r14R"], q["r14L"])
     ycorner = my + dy
-    dimple = a14 * ramp(max(0.007, 0.7 * minw) - (mu - mw - 0.02).abs()) * ramp(0.035 - (vb - ycorner).abs())
+    dimple = a14 * ramp(max(0.009, 0.8 * minw) - (mu - mw - 0.022).abs()) * ramp(0.05 - (vb - ycorner).abs())
     stretch = (0.8 * q["r20"]) * _stroke_y(vb, ycorner + 0.005, thin, inv_px) \
         * (ramp(mu - mw - 0.005) * ramp(mw + 0.06 - mu))
     ln = torch.maximum(ln, torch.maximum(dimple, stretch))
     # chin: mentolabial sulcus (AU17 deepens it) and the chin boss
-    tl_c = 0.04 * q["lip"] * (1 - 0.6 * q["r23"]) * (1 + 0.35 * q["r16"])
+    tl_c = 0.04 * q["lip"] * (1 - 0.75 * q["r23"]) * (1 + 0.35 * q["r16"])
     ych = my + 0.7 * gap0 + tl_c + 0.05 + 0.02 * q["r17"] - 0.3 * (mu * mu)
-    chin = (0.25 + 0.65 * q["r17"]).clamp(0, 1) * _stroke_y(vb, ych, thin, inv_px) * ramp(0.08 - mu, 3.0)
+    chin = (0.25 + 0.65 * q["r17"] + 0.4 * q["r23"]).clamp(0, 1) * _stroke_y(vb, ych, thin, inv_px) * ramp(0.08 - mu, 3.0)
     chin2 = (0.7 * q["r17"]) * _stroke_y(vb, ych + 0.07 - 2.5 * mu * mu, thin, inv_px) * ramp(0.07 - mu, 3.0)
     ln = torch.maximum(ln, torch.maximum(chin, chin2))
     lips_a = ramp(vb - (yo1 - tu)) * ramp(yo2 + tl - vb) * inside_m
     cav = ramp(vb - yo1) * ramp(yo2 - vb) * inside_m
     teeth = cav * torch.maximum(ramp(yo1 + 0.03 - vb), (q["r16"] + q["r20"]).clamp(0, 1) * ramp(vb - (yo2 - 0.022)))
-    mline = 0.9 * _stroke_y(vb, ym, max(0.006, 0.8 * minw), inv_px) * inside_m
+    mline = 0.9 * _stroke_y(vb, ym, max(0.006, 0.8 * minw) * (1 + 0.9 * q["r23"]), inv_px) * inside_m
     win = mwin.of(img)
     win.mul_(1 - 0.5 * ln.unsqueeze(1))
     beard_mask = 1 - lips_a
