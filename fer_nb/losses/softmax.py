@@ -1,8 +1,8 @@
 """Softmax cross-entropy on a linear classifier head, as a loss on embeddings.
 
 The baseline of every paper in the book: a fully connected layer ``W x + b`` on the embedding
-``x`` followed by the softmax cross-entropy (e.g. Wen et al., ECCV 2016, Eq. 1, the "softmax
-loss" that center loss is added to; Liu et al., Eq. 1 of the (N+M)-tuple paper):
+``x`` followed by the softmax cross-entropy (Wen et al., ECCV 2016, Eq. 1, the "softmax loss"
+that center loss is added to; Racoviteanu et al.'s ``L_S`` in their Eq. 4):
 
 .. math::
 
