@@ -277,3 +277,29 @@ def test_va_loss_gradcheck_and_degenerate():
         assert torch.isfinite(loss) and torch.isfinite(pp.grad).all()
     with pytest.raises(ValueError, match=r"\(B, 2\)"):
         VARegressionLoss()(torch.zeros(3, 3), torch.zeros(3, 3))
+
+
+# ---------- networks (fer_nb.models.caf) ----------------------------------------------------------
+
+def test_caf_networks_match_the_official_parameter_counts():
+    from fer_nb.models.backbones import count_parameters
+    from fer_nb.models.caf import CAFNet
+
+    net = CAFNet("alexnet")  # 224 px RGB, 256x6x6 = 9216-d features
+    assert count_parameters(net.encoder) + count_parameters(net.regressor) == 3_060_122  # paper: 3.0M
+    assert count_parameters(net) == 3_652_618                                            # paper: 3.6M
+    assert net.critic.out_dim == 16
+
+
+def test_caf_networks_forward_small_inputs():
+    from fer_nb.models.caf import CAFNet
+
+    x = torch.rand(3, 3, 64, 64)
+    net = CAFNet("alexnet", 3, width=0.25, pool_size=2)
+    assert net(x).shape == (3, 2) and net.critic_out(x).shape == (3, 16)
+    res = CAFNet("resnet18", 3, with_critic=False)
+    assert res(torch.rand(2, 3, 32, 32)).shape == (2, 2)
+    with pytest.raises(RuntimeError, match="with_critic"):
+        res.critic_out(x)
+    with pytest.raises(ValueError, match="unknown CAF encoder"):
+        CAFNet("vgg")
