@@ -381,6 +381,26 @@ def test_affectnet(tmp_path):
     assert len(capped) == 4
 
 
+def test_affectnet_npy_release(tmp_path):
+    for split, items in (("train_set", [("0", "6", "-0.5", "0.25"), ("1", "8", "0", "0"),
+                                        ("2", "7", "-2", "0.5")]),
+                         ("val_set", [("9", "1", "0.75", "0.1")])):
+        for stem, exp, val, aro in items:
+            write_image(tmp_path / split / "images" / f"{stem}.jpg", (32, 32), "RGB")
+            ann = tmp_path / split / "annotations"
+            ann.mkdir(parents=True, exist_ok=True)
+            for suffix, value in (("exp", exp), ("val", val), ("aro", aro)):
+                np.save(ann / f"{stem}_{suffix}.npy", np.array(value))  # stored as strings, as released
+    data = affectnet.load(tmp_path, "train", image_size=16)
+    assert data.info["source"] == "npy" and data.info["dropped_8_10"] == 1
+    assert data.labels["expression"].tolist() == [C["anger"], C["contempt"]]
+    assert data.labels["va"][0].tolist() == [-0.5, 0.25] and math.isnan(data.labels["va"][1, 0].item())
+    assert affectnet.load(tmp_path, "val").labels["expression"].tolist() == [C["happiness"]]
+    (tmp_path / "val_set" / "annotations" / "9_aro.npy").unlink()
+    with pytest.raises(DatasetError, match="missing annotation file 9_aro.npy"):
+        affectnet.load(tmp_path, "val")
+
+
 def test_afew_va(tmp_path):
     make_afew_va(tmp_path)
     data = afew_va.load(tmp_path, image_size=16)
