@@ -287,3 +287,16 @@ def test_bad_n():
     with pytest.raises(ValueError, match="n_sequences"):
         sf.generate_sequences(-2)
     assert len(sf.generate(0)) == 0
+
+
+def test_as_unlabelled_and_benchmark():
+    ds = sf.as_unlabelled(sf.generate(6, image_size=32))
+    assert bool((ds.labels["expression"] == -1).all()) and not bool(ds.labels["aus_mask"].any())
+    assert ds.counts() == {**{c: 0 for c in ds.class_names}, "unlabelled": 6}
+    b = sf.benchmark(32, image_size=32, domain="wild")
+    assert b["images_per_s_wall"] > 0 and b["images_per_s_cpu"] > 0 and b["threads"] == 1
+
+
+def test_render_aus_rejects_unknown_au():
+    with pytest.raises(ValueError, match="AU3"):
+        sf.render_aus({3: 1.0})
