@@ -199,10 +199,11 @@ def make_emotionet(root: Path, sep=",") -> None:
     rows = [["image", "AU1", "AU2", "AU4", "AU6", "AU12", "AU60", "split"],
             ["http://example.org/img/x1.jpg", "1", "0", "999", "1", "0", "1", "train"],
             ["x2.jpg", "0", "999", "1", "0", "1", "0", "test"],
-            ["sub/x3.png", "1", "1", "0", "0", "999", "999", "train"]]
+            ["sub/x3.png", "1", "1", "0", "0", "999", "999", "train"],
+            ["x4.jpg", "999", "999", "999", "999", "999", "999", "unlabelled"]]
     root.mkdir(parents=True, exist_ok=True)
     (root / "labels.csv").write_text("\n".join(sep.join(r) for r in rows) + "\n")
-    for name in ("x1.jpg", "x2.jpg", "sub/x3.png"):
+    for name in ("x1.jpg", "x2.jpg", "sub/x3.png", "x4.jpg"):
         write_image(root / "images" / name, (26, 26), "RGB")
 
 
@@ -375,7 +376,7 @@ def test_affectnet(tmp_path):
     assert data.info["dropped_8_10"] == 2
     cropped = affectnet.load(tmp_path, "train", image_size=24, crop=True)
     assert not torch.equal(cropped.images, data.images)
-    val = affectnet.load(tmp_path, "val")
+    val = affectnet.load(tmp_path, "validation")  # alias of "val"
     assert val.labels["expression"].tolist() == [C["surprise"]]
     capped = affectnet.load(tmp_path, "train", image_size=8, max_per_class=1)
     assert len(capped) == 4
@@ -415,7 +416,7 @@ def test_afew_va(tmp_path):
 
 def test_affwild1_and_affwild2(tmp_path):
     make_affwild1(tmp_path / "a1")
-    d1 = affwild.load(tmp_path / "a1", "train", image_size=16)
+    d1 = affwild.load(tmp_path / "a1", "all", image_size=16)
     check_schema(d1, 6, 16, 3)  # 7 annotated frames, one without an image
     assert d1.info["frames_without_image"] == 1
     assert d1.labels["frame"].tolist() == [0, 1, 3, 0, 1, 2]
@@ -427,13 +428,29 @@ def test_affwild1_and_affwild2(tmp_path):
     assert d2.labels["frame"].tolist() == [0, 2]
     assert len(affwild.load(tmp_path / "a2", "val")) == 1
     assert len(affwild.load(tmp_path / "a2", "all")) == 3
+    # public Aff-Wild has only train labels: train/test are a seeded hold-out of whole videos
+    tr = affwild.load(tmp_path / "a1", "train", image_size=8)
+    te = affwild.load(tmp_path / "a1", "test", image_size=8)
+    assert tr.info["holdout"] and len(tr) + len(te) == 6
+    assert not set(tr.info["videos"]) & set(te.info["videos"])
+    assert len(tr) == 3 and len(te) == 3
+
+
+def test_afew_va_person_independent_holdout(tmp_path):
+    make_afew_va(tmp_path)
+    tr = afew_va.load(tmp_path, "train", image_size=8, test_fraction=0.5)
+    te = afew_va.load(tmp_path, "test", image_size=8, test_fraction=0.5)
+    assert len(tr) == len(te) == 3
+    assert not set(tr.labels["subject"].tolist()) & set(te.labels["subject"].tolist())
+    again = afew_va.load(tmp_path, "test", image_size=8, test_fraction=0.5)
+    assert torch.equal(again.labels["subject"], te.labels["subject"])
 
 
 @pytest.mark.parametrize("sep", [",", "\t"])
 def test_emotionet(tmp_path, sep):
     make_emotionet(tmp_path, sep)
     data = emotionet.load(tmp_path, image_size=16)
-    check_schema(data, 3, 16, 3)
+    check_schema(data, 4, 16, 3)
     aus, mask = data.labels["aus"], data.labels["aus_mask"]
     col = {a: AUS.index(a) for a in (1, 2, 4, 6, 12, 25)}
     assert mask[0, col[4]].item() is False and mask[0, col[1]].item() is True  # 999 -> masked
@@ -441,6 +458,10 @@ def test_emotionet(tmp_path, sep):
     assert not mask[:, col[25]].any()  # AU25 not in the table
     assert data.info["aus_ignored"] == [60]
     assert len(emotionet.load(tmp_path, "train", image_size=16)) == 2
+    pool = emotionet.load(tmp_path, "unlabeled", image_size=16)  # alias of "unlabelled"
+    assert len(pool) == 1 and not pool.labels["aus_mask"].any()
+    with pytest.raises(DatasetError, match="no rows for split 'val'"):
+        emotionet.load(tmp_path, "val")
 
 
 def _write_cifar10(root: Path):
@@ -599,7 +620,7 @@ def bad_fer_folder_val(t):
 
 def bad_unknown_split(t):
     make_fer2013_csv(t)
-    return "fer2013", lambda: fer2013.load(t, "validation"), ["unknown split 'validation'"]
+    return "fer2013", lambda: fer2013.load(t, "dev"), ["unknown split 'dev'", "'train', 'val', 'test', 'all'"]
 
 
 def bad_ferplus_row_mismatch(t):
@@ -751,9 +772,9 @@ def bad_affwild2_header(t):
     return "affwild", lambda: affwild.load(t), ["header valence,arousal"]
 
 
-def bad_affwild_test_split(t):
+def bad_affwild_val_split(t):
     make_affwild1(t)
-    return "affwild", lambda: affwild.load(t, "test"), ["never released"]
+    return "affwild", lambda: affwild.load(t, "val"), ["no annotations for split 'val'", "never released"]
 
 
 def bad_emotionet_value(t):

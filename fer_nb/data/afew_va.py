@@ -10,7 +10,10 @@ On disk (the 12 zip parts unpacked into one folder)::
     │                                                              "landmarks": [[x, y], ...]}, ...}}
     └── ... 600/
 
-Valence/arousal are integers on -10..10 and are divided by 10 into [-1, 1]. ``crop=True``
+Valence/arousal are integers on -10..10 and are divided by 10 into [-1, 1]. AFEW-VA has no
+official split: ``train``/``test`` are this book's seeded person-independent hold-out
+(``test_fraction`` of the actors, ``split_seed``; by clip when actors are missing), ``all`` is
+everything. ``crop=True``
 (default) crops each frame to its 68 landmarks' bounding box enlarged by ``margin``. Subjects are
 the ``actor`` names (ids in name order), sequences the clip numbers, ``frame`` the frame index.
 """
@@ -25,6 +28,7 @@ import torch
 from fer_nb.data.errors import DatasetSpec, check_size
 from fer_nb.data.images import IMAGE_EXTS, load_images
 from fer_nb.data.schema import EXPRESSIONS, FaceArrays
+from fer_nb.data.splits import train_val_by_subject
 
 SPEC = DatasetSpec(
     name="afew_va",
@@ -35,7 +39,7 @@ afew_va/
 │   └── 001.json     {"actor", "video_id", "frames": {"00000": {"valence", "arousal", "landmarks"}}}
 └── ... 600/         (valence/arousal on -10..10)""",
     obtain="https://ibug.doc.ic.ac.uk/resources/afew-va-database/ (academic licence, request form)",
-    splits=("all",),
+    splits=("all", "train", "test"),
     default_split="all",
 )
 DEFAULT_SIZE = 96
@@ -55,7 +59,7 @@ def _landmark_box(landmarks, margin: float):
 
 def load(root: str | os.PathLike, split: str | None = None, image_size: int | None = None,
          channels: int | None = None, crop: bool = True, margin: float = 0.2,
-         frame_step: int = 1) -> FaceArrays:
+         frame_step: int = 1, test_fraction: float = 0.2, split_seed: int = 0) -> FaceArrays:
     """AFEW-VA frames with ``va`` in [-1, 1]; ``frame_step`` keeps every k-th annotated frame."""
     root = SPEC.root(root)
     split = SPEC.split(split)
@@ -91,6 +95,15 @@ def load(root: str | os.PathLike, split: str | None = None, image_size: int | No
     if not records:
         raise SPEC.error("the annotation files list no frames", root)
     actors = {name: i for i, name in enumerate(sorted({r[4] for r in records if r[4]}))}
+    if split != "all":
+        groups = [actors[r[4]] if r[4] in actors else -1 for r in records]
+        if min(groups) < 0:  # some clip without an actor name: hold out whole clips instead
+            groups = [r[5] for r in records]
+        try:
+            train_idx, test_idx = train_val_by_subject(groups, test_fraction, split_seed)
+        except ValueError as exc:
+            raise SPEC.error(f"cannot make the {split!r} hold-out: {exc}", root) from None
+        records = [records[i] for i in (train_idx if split == "train" else test_idx).tolist()]
     images = load_images([r[0] for r in records], image_size=size, channels=ch, spec=SPEC,
                          boxes=[r[1] for r in records] if crop else None)
     n = len(records)
@@ -101,4 +114,5 @@ def load(root: str | os.PathLike, split: str | None = None, image_size: int | No
               "frame": torch.tensor([r[6] for r in records])}
     return FaceArrays(images, labels, "afew_va", EXPRESSIONS[:7],
                       {"root": str(root), "split": split, "crop": crop, "clips": len(clips),
+                       "test_fraction": test_fraction, "split_seed": split_seed,
                        "actors": tuple(actors)})

@@ -17,10 +17,11 @@ Two layouts are read (videos must be extracted to frames first)::
 
 Frames without an image file (no face detected) are skipped and counted in ``info``. Each video
 shows one person (Aff-Wild2 ``_left``/``_right`` files are separate people), so ``subject`` and
-``sequence`` are both the video's index in name order. Splits map to folders: Aff-Wild
-``annotations/<split>/``; Aff-Wild2 ``Train_Set`` (train), ``Validation_Set`` (val). The Aff-Wild
-test labels were never released; Kim & Song hold out training videos instead (use
-:func:`fer_nb.data.splits.train_val_by_subject`).
+``sequence`` are both the video's index in name order. Splits: Aff-Wild2 ``Train_Set``
+(train) and ``Validation_Set`` (val). Aff-Wild: ``annotations/<split>/`` when that folder
+exists; the public release has only ``train`` labels, so there ``train``/``test`` are a seeded
+hold-out of ``test_fraction`` of the annotated videos (``split_seed``), as Kim & Song evaluate
+("a part of the training dataset is randomly selected"), and ``all`` is every annotated video.
 """
 from __future__ import annotations
 
@@ -33,6 +34,7 @@ import torch
 from fer_nb.data.errors import DatasetSpec, check_size
 from fer_nb.data.images import IMAGE_EXTS, load_images
 from fer_nb.data.schema import EXPRESSIONS, FaceArrays
+from fer_nb.data.splits import train_val_by_subject
 
 AFFWILD2_SETS = {"train": "Train_Set", "val": "Validation_Set", "test": "Test_Set"}
 AFFWILD2_TASK_DIRS = ("VA_Estimation_Challenge", "VA_Set")
@@ -117,20 +119,33 @@ def _affwild2(root: Path, parts: list[str], allow_missing: bool = False):
 
 
 def load(root: str | os.PathLike, split: str | None = None, image_size: int | None = None,
-         channels: int | None = None, frame_step: int = 1) -> FaceArrays:
+         channels: int | None = None, frame_step: int = 1, test_fraction: float = 0.2,
+         split_seed: int = 0) -> FaceArrays:
     """Aff-Wild / Aff-Wild2 frames with ``va``; ``frame_step`` keeps every k-th frame."""
     root = SPEC.root(root)
     split = SPEC.split(split)
     size, ch = check_size(SPEC, image_size, channels, DEFAULT_SIZE, DEFAULT_CHANNELS)
     if isinstance(frame_step, bool) or not isinstance(frame_step, int) or frame_step < 1:
         raise SPEC.error(f"frame_step must be a positive int, got {frame_step!r}")
+    holdout = None
     if (root / "annotations").is_dir():
         available = sorted(p.name for p in (root / "annotations").iterdir() if p.is_dir())
-        parts = available if split == "all" else [split]
-        if split != "all" and split not in available:
+        if split in ("train", "test") and "test" not in available and "train" in available:
+            parts, holdout = ["train"], split  # public release: hold out training videos
+        elif split == "all":
+            parts = available
+        elif split in available:
+            parts = [split]
+        else:
             raise SPEC.error(f"Aff-Wild has no annotations for split {split!r} (found {available}; "
                              "the test labels were never released)", root / "annotations", kind="absent_split")
         videos, source = _affwild1(root, parts), "affwild"
+        if holdout is not None:
+            try:
+                tr, te = train_val_by_subject(list(range(len(videos))), test_fraction, split_seed)
+            except ValueError as exc:
+                raise SPEC.error(f"cannot hold out test videos: {exc}", root / "annotations") from None
+            videos = [videos[i] for i in (tr if holdout == "train" else te).tolist()]
     elif (root / "Annotations").is_dir():
         parts = ["train", "val"] if split == "all" else [split]
         videos, source = _affwild2(root, parts, allow_missing=split == "all"), "affwild2"
@@ -168,4 +183,6 @@ def load(root: str | os.PathLike, split: str | None = None, image_size: int | No
               "frame": torch.tensor(frame)}
     return FaceArrays(images, labels, "affwild", EXPRESSIONS[:7],
                       {"root": str(root), "split": split, "source": source, "videos": tuple(names),
+                       "holdout": holdout is not None, "test_fraction": test_fraction,
+                       "split_seed": split_seed,
                        "frames_without_image": missing})

@@ -5,11 +5,13 @@ EmotioNet is distributed as tables of image URLs/paths with one column per AU (1
 
     emotionet/
     ├── labels.csv          image,AU1,AU2,AU4,... (comma or tab separated; "1", "AU1" or "AU 1"
-    │                       headers; an optional "split" column with train/val/test)
+    │                       headers; an optional "split" column with train/val/test/unlabelled)
     └── images/<image>      the files named in the first column (for URLs: the file name only)
 
 AUs of the book (:data:`fer_nb.data.schema.AUS`) missing from the table, and 999 entries, get
 ``aus_mask = False``; AUs the book does not use are ignored (listed in ``info``). No expression.
+Rows whose ``split`` is ``unlabelled`` form the unlabelled pool (Racoviteanu et al. use ~400k
+images beyond the labelled part); their AU entries may all be 999.
 """
 from __future__ import annotations
 
@@ -36,11 +38,11 @@ SPEC = DatasetSpec(
     layout="""\
 emotionet/
 ├── labels.csv       image,AU1,AU2,AU4,...   values 0 / 1 / 999 (999 = not annotated)
-│                    optional column split = train|val|test
+│                    optional column split = train|val|test|unlabelled
 └── images/<image>   (for URL rows: images/<file name of the URL>)""",
     obtain="https://cbcsl.ece.ohio-state.edu/dbform_emotionet.html (EmotioNet licence; the "
            "images are downloaded from the listed URLs)",
-    splits=("all", "train", "val", "test"),
+    splits=("all", "train", "val", "test", "unlabelled"),
     default_split="all",
 )
 DEFAULT_SIZE = 96
@@ -69,15 +71,17 @@ def load(root: str | os.PathLike, split: str | None = None, image_size: int | No
     if not au_cols:
         raise SPEC.error(f"labels.csv header {header} has no AU columns (AU1, AU2, ...)", table)
     if split != "all" and split_col is None:
-        raise SPEC.error(f"split {split!r} needs a 'split' column in labels.csv; use split='all'", table)
+        raise SPEC.error(f"split {split!r} needs a 'split' column in labels.csv; use split='all'", table,
+                         kind="absent_split")
     paths, aus, mask = [], [], []
     for line, row in enumerate(rows[1:], start=2):
         if len(row) != len(header):
             raise SPEC.error(f"labels.csv line {line}: {len(row)} fields, expected {len(header)}", table)
         if split_col is not None:
             s = row[split_col].strip().lower()
-            if s not in ("train", "val", "test"):
-                raise SPEC.error(f"labels.csv line {line}: split {s!r} is not train/val/test", table)
+            s = "unlabelled" if s == "unlabeled" else s
+            if s not in ("train", "val", "test", "unlabelled"):
+                raise SPEC.error(f"labels.csv line {line}: split {s!r} is not train/val/test/unlabelled", table)
             if split != "all" and s != split:
                 continue
         ref = row[img_col].strip()
@@ -98,7 +102,7 @@ def load(root: str | os.PathLike, split: str | None = None, image_size: int | No
         aus.append(a)
         mask.append(m)
     if not paths:
-        raise SPEC.error(f"no rows for split {split!r}", table)
+        raise SPEC.error(f"no rows for split {split!r}", table, kind="absent_split" if split != "all" else "invalid")
     images = load_images(paths, image_size=size, channels=ch, spec=SPEC)
     n = len(paths)
     labels = {"aus": torch.from_numpy(np.stack(aus)), "aus_mask": torch.from_numpy(np.stack(mask)),

@@ -61,6 +61,9 @@ class DatasetSpec:
         """Validate a split name (``None`` = the dataset's default split)."""
         if split is None:
             return self.default_split
+        for alias, canonical in (("validation", "val"), ("unlabeled", "unlabelled"), ("unlabelled", "unlabeled")):
+            if split == alias and alias not in self.splits and canonical in self.splits:
+                return canonical
         if not isinstance(split, str) or split not in self.splits:
             raise self.error(f"unknown split {split!r}; this dataset has splits {list(self.splits)}")
         return split
