@@ -55,7 +55,9 @@ in Eq. 3. **Eq. 9's sign slip:** Eq. 9 writes ``max(0, H(f_i+, c+) + tau/2)`` fo
 which is ``max(0, T - D + tau/2)`` -- zero only when the positive is *farther* than ``T + tau/2``,
 i.e. it would push positives away from their centre (the negatives' term of Eq. 3). Eq. 10 with
 its label function is the consistent version, and is what this module implements (the negatives'
-term of Eq. 9, ``max(0, H + tau/2)``, agrees with Eq. 10).
+term of Eq. 9, ``max(0, H + tau/2)``, agrees with Eq. 10). Eq. 10 averages all ``N + M*`` hinges
+jointly, whereas Eq. 3 averages the positive and the negative set separately; so the adaptive loss
+at its initialisation equals Eq. 3's hinges with that joint weighting, not Eq. 3 itself.
 
 Clusters come from :func:`fer_nb.losses.coupled_clusters.cluster_masks`: per group of an
 identity-aware batch (query first; positives = same label as the query, query included) or, with
