@@ -363,6 +363,10 @@ def test_jaffe(tmp_path):
     assert data.labels["expression"].tolist() == [C["anger"], C["neutral"], C["disgust"], C["surprise"],
                                                   C["happiness"]]
     assert data.labels["subject"].tolist() == [0, 0, 5, 7, 9]  # KA, KA, NA, TM, YM
+    ramp = np.tile(np.arange(32, dtype=np.uint16) * 2000, (32, 1))  # a 16-bit TIFF is rescaled
+    Image.fromarray(ramp).save(tmp_path / "jaffedbase" / "KA.AN1.39.tiff", format="TIFF")
+    img = jaffe.load(tmp_path, image_size=32).images[0, 0]
+    assert img[0, 0].item() == 0 and img[0, -1].item() == 255 and (img[:, 1:] >= img[:, :-1]).all()
 
 
 def test_affectnet(tmp_path):
@@ -601,6 +605,14 @@ def bad_fer_usage(t):
 
 def bad_fer_pixel_value(t):
     return "fer2013", _fer_bad_row(t, f'1,"{" ".join(["300"] * 2304)}",Training'), ["outside 0..255"]
+
+
+def bad_fer_pixel_token(t):
+    return "fer2013", _fer_bad_row(t, f'1,"{" ".join(["7"] * 2303)} x",Training'), ["pixels are not integers"]
+
+
+def bad_fer_pixel_float(t):
+    return "fer2013", _fer_bad_row(t, f'1,"{" ".join(["7"] * 2303)} 1.5",Training'), ["pixels are not integers"]
 
 
 def bad_fer_header(t):

@@ -36,7 +36,7 @@ def _decode_one(path: Path, size: int, channels: int, box: Box | None) -> np.nda
             arr = np.asarray(img, dtype=np.float64)
             lo, hi = float(arr.min()), float(arr.max())
             arr = (arr - lo) / (hi - lo) * 255.0 if hi > lo else np.zeros_like(arr)
-            img = Image.fromarray(arr.round().astype(np.uint8), mode="L")
+            img = Image.fromarray(arr.round().astype(np.uint8))  # 2-D uint8 -> mode L
         img = img.convert("L" if channels == 1 else "RGB")
         if box is not None:
             x, y, w, h = box
