@@ -285,6 +285,8 @@ def test_ferplus_fer2013_csv_in_sibling_folder(tmp_path):
 
 def test_ferplus_folders(tmp_path):
     make_ferplus_folders(tmp_path / "data")
+    with open(tmp_path / "data" / "FER2013Test" / "label.csv", "a") as fh:  # unquoted face box
+        fh.write("fer0000009.png,(0, 0, 48, 48),0,0,0,0,0,0,0,0,0,10\n")
     data = fer2013.load_ferplus(tmp_path, "all", image_size=24)
     check_schema(data, 4, 24, 1)
     assert sorted(data.labels["expression"].tolist()) == sorted(
@@ -814,6 +816,18 @@ def bad_registry_unknown_name(t):
 def bad_registry_no_root(t):
     os.environ.pop("FER_NB_DATA", None)
     return "rafdb", lambda: registry.load("rafdb"), ["FER_NB_DATA"]
+
+
+def bad_registry_missing_dataset_folder(t):
+    (t / "fer2013").mkdir()
+    return "rafdb", lambda: registry.load("rafdb", t, cache=t / "c"), ["rafdb does not exist"]
+
+
+def bad_ferplus_label_fields(t):
+    make_ferplus_folders(t)
+    with open(t / "FER2013Test" / "label.csv", "a") as fh:
+        fh.write("fer0000010.png,4,0,0\n")
+    return "ferplus", lambda: fer2013.load_ferplus(t, "test"), ["4 fields"]
 
 
 def bad_registry_unknown_option(t):

@@ -272,11 +272,11 @@ def load_ferplus(root: str | os.PathLike, split: str | None = None, image_size: 
             names, votes = [], np.zeros((len(rows), 10))
             for i, r in enumerate(rows):
                 where = f"{FERPLUS_FOLDERS[part]}/label.csv line {i + 1}"
-                if len(r) != 12:
+                if len(r) not in (12, 15):  # 15: the face box written without quotes
                     raise FERPLUS_SPEC.error(f"{where}: {len(r)} fields, expected name,(x, y, w, h),"
                                              "10 vote counts", label_csv)
                 names.append(r[0].strip())
-                votes[i] = _votes(r[2:], where)
+                votes[i] = _votes(r[-10:], where)
             y_part = ferplus_vote(votes, vote)
             for name, lab in zip(names, y_part):
                 if lab >= 0:
