@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fer_nb.losses.angular_margin import AngularMarginLoss
+from fer_nb.losses.angular_margin import AngularMarginLoss, working_dtype
 from fer_nb.losses.grl import GradientReversal
 from fer_nb.models.backbones import vgg16
 
@@ -85,7 +85,8 @@ class DomainClassifier(nn.Module):
         h = self.pre_output(features)
         if self.head == "softmax":
             with torch.autocast(h.device.type, enabled=False):
-                return F.cross_entropy(self.out(h).float(), domains)
+                logits = self.out(h)
+                return F.cross_entropy(logits.to(working_dtype(logits)), domains)
         return self.out(h, domains)
 
 
@@ -183,13 +184,13 @@ def udat_losses(model: UDATNet, source: torch.Tensor, source_labels: torch.Tenso
     """
     if target is None or model.domain is None:
         logits = model(source)
-        loss_y = F.cross_entropy(logits.float(), source_labels)
+        loss_y = F.cross_entropy(logits.to(working_dtype(logits)), source_labels)
         return {"loss": loss_y, "loss_y": loss_y,
                 "acc": (logits.argmax(1) == source_labels).float().mean()}
     n = source.shape[0]
     f = model.features(torch.cat([source, target]))
     logits = model.classify(f[:n])
-    loss_y = F.cross_entropy(logits.float(), source_labels)  # Eq. 17 (1/N over the source)
+    loss_y = F.cross_entropy(logits.to(working_dtype(logits)), source_labels)  # Eq. 17 (1/N over the source)
     domains = torch.cat([torch.zeros(n, dtype=torch.long, device=f.device),
                          torch.ones(target.shape[0], dtype=torch.long, device=f.device)])
     loss_d = model.domain_loss(f, domains)  # Eq. 18 (1/(N+M) over source + target)
