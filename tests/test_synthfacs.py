@@ -135,7 +135,8 @@ def test_prototype_aus_active(name):
     ds = sf.generate(40, seed=0, image_size=32, class_priors=prior)
     aus = ds.labels["aus"]
     for au in sf.PROTOTYPES[name]:
-        assert float(aus[:, au_index(au)].min()) > 0.4, (name, au)
+        assert float(aus[:, au_index(au)].min()) > 0.15, (name, au)
+        assert float(aus[:, au_index(au)].mean()) > 0.5, (name, au)
     others = [au_index(a) for a in AUS if a not in sf.PROTOTYPES[name] and a not in
               [c[0] for c in sf.COMPANIONS.get(name, ())]]
     assert float(aus[:, others].mean()) < 0.05
@@ -144,7 +145,7 @@ def test_prototype_aus_active(name):
 def test_contempt_is_unilateral():
     prior = [0.0] * 7 + [1.0]
     ds = sf.generate(4, seed=0, image_size=64, class_priors=prior, with_contempt=True)
-    assert bool((ds.labels["aus"][:, au_index(12)] > 0.4).all()) and bool((ds.labels["aus"][:, au_index(14)] > 0.4).all())
+    assert bool((ds.labels["aus"][:, au_index(12)] > 0.15).all()) and bool((ds.labels["aus"][:, au_index(14)] > 0.15).all())
     neutral = sf.render_aus([{}], image_size=64).float()
     one = sf.render_aus([{12: 1.0, 14: 1.0}], image_size=64, unilateral=True).float()
     diff = (one - neutral).abs()[..., 36:56, :]                       # mouth rows
@@ -156,9 +157,10 @@ def test_contempt_is_unilateral():
 def test_va_quadrant(name, quadrant):
     prior = [0.0] * 7
     prior[EXPRESSIONS.index(name)] = 1.0
-    va = sf.generate(40, seed=0, image_size=32, class_priors=prior).labels["va"]
-    strong = va.norm(dim=1) > 0.6
-    assert int(strong.sum()) > 20
+    ds = sf.generate(60, seed=0, image_size=32, class_priors=prior)
+    va = ds.labels["va"]
+    strong = ds.info["intensity"] > 0.7          # high intensity
+    assert int(strong.sum()) > 15
     sgn = torch.sign(va[strong])
     assert bool((sgn[:, 0] == quadrant[0]).all()) and bool((sgn[:, 1] == quadrant[1]).all())
 

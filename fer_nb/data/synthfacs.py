@@ -8,7 +8,9 @@ glasses, age lines, beard), FACS action-unit intensities that move the features,
 Labels (shared schema, :mod:`fer_nb.data.schema`):
 
 * ``expression``: the *annotator* label (the true class, flipped to a confusable class with
-  probability ``label_noise``); the clean class is kept in ``info["true_expression"]``;
+  probability ``label_noise``); the clean class is kept in ``info["true_expression"]`` and the
+  effective intensity in ``info["intensity"]`` (``info`` tensors cover the whole generated set:
+  ``FaceArrays.subset`` copies ``info`` without indexing it, so index them yourself);
 * ``aus``: AU intensities in [0, 1] in :data:`~fer_nb.data.schema.AUS` order (what is rendered),
   ``aus_mask`` all True;
 * ``va``: valence/arousal = circumplex anchor of the class x effective intensity + noise, clipped
@@ -215,7 +217,7 @@ def identity_params(subject: torch.Tensor, domain: str) -> dict[str, torch.Tenso
         "hair_vol": r.range("hair_vol", 0.0, 1.0),
         "fringe": r.range("fringe", 0.0, 1.0),
         "beard": r.bern("beard", 0.15 if wild else 0.05) * r.range("beard_d", 0.4, 0.9),
-        "expressivity": r.range("expressivity", 0.55, 1.05) if wild else r.range("expressivity", 0.8, 1.15),
+        "expressivity": r.range("expressivity", 0.55, 1.05) if wild else r.range("expressivity", 0.75, 1.1),
     }
     # skin tone: lab identities are lighter and narrower; wild spans the whole range
     tone = r.range("tone", 0.0, 1.0) if wild else r.range("tone", 0.0, 0.55)
@@ -359,11 +361,11 @@ def _nuisance(r: _Rand, wild: bool) -> dict[str, torch.Tensor]:
 
 
 def _strength(r: _Rand, wild: bool, expressivity: torch.Tensor) -> torch.Tensor:
-    """Effective intensity: posed and high in the lab, spread out and lower in the wild."""
+    """Effective intensity: posed and mostly high in the lab (0.3..1, skewed high), lower in the wild."""
     if wild:
         base = 0.2 + 0.75 * r.u("intensity")
     else:
-        base = 0.6 + 0.4 * r.u("intensity") ** 0.7
+        base = 0.3 + 0.7 * r.u("intensity") ** 0.6
     return (base * expressivity).clamp(0, 1)
 
 
