@@ -2,7 +2,8 @@
 
 ``python -m fer_nb.book --scale smoke --device auto`` (what ``make book`` runs):
 
-1. each MyST notebook in ``notebooks/`` (and the scoreboard page ``book/scoreboard.md``, last) is
+1. each MyST notebook in ``notebooks/`` (then the computed pages ``book/scoreboard.md`` and
+   ``book/performance.md``) is
    converted with jupytext to ``book/_generated/<name>.ipynb`` and executed there by papermill
    (kernel ``python3``) with ``SCALE``/``DEVICE``/``OUT_DIR``; a failing notebook fails the build;
 2. MathJax 3 is installed from npm into ``.cache/`` (once) and copied into ``book/_static`` so math
@@ -25,6 +26,8 @@ BOOK = ROOT / "book"
 GENERATED = BOOK / "_generated"
 CACHE = ROOT / ".cache"
 MATHJAX_VERSION = "3.2.2"
+#: book pages that are notebooks themselves, executed after the chapters
+BOOK_PAGES = ("scoreboard.md", "performance.md")
 
 
 def notebook_sources() -> list[Path]:
@@ -96,7 +99,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[book] FAILED: {src.name}: {type(exc).__name__}: {str(exc)[-2000:]}", file=sys.stderr)
             return 1
         print(f"[book]   done in {time.perf_counter() - t0:.0f} s", flush=True)
-    execute(BOOK / "scoreboard.md", GENERATED, {})
+    for page in BOOK_PAGES:  # pages computed from the runs above and from results/, benchmarks/
+        execute(BOOK / page, GENERATED, {})
     if args.skip_html:
         return 0
     install_mathjax()

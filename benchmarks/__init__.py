@@ -1,0 +1,1 @@
+"""Throughput benchmarks of the book (``make bench``)."""
