@@ -196,7 +196,7 @@ def run(device: torch.device, batch: int = 256, dim: int = 128, classes: int = 7
     x, y = _data(batch, dim, classes, device)
     for name, make in CASES.items():
         vec, loop = make(x, y, classes)
-        v, lo = float(vec()), float(loop())
+        v, lo = float(vec().detach()), float(loop().detach())
         if not math.isclose(v, lo, rel_tol=1e-3, abs_tol=1e-4):
             raise AssertionError(f"{name}: vectorised {v} != loop {lo}; the benchmark compares different numbers")
         t_vec = time_call(vec, device, warmup=2, iters=5 if quick else 20)

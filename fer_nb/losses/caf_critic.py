@@ -43,6 +43,8 @@ import math
 import torch
 from torch import nn
 
+from fer_nb.losses.distances import pairwise_sq_distances
+
 MARGINS = ("delta", "constant", "linear", "mi_only")
 PAIRS = ("all", "code")
 
@@ -150,7 +152,7 @@ class CAFCriticLoss(nn.Module):
         z = z.to(dtype)
         strong = labels.to(z.device).bool()
         n = z.shape[0]
-        d2 = (z[:, None, :] - z[None, :, :]).pow(2).sum(-1)  # (B, B) squared Euclidean distances
+        d2 = pairwise_sq_distances(z)  # (B, B) squared Euclidean distances, one GEMM
         if self.pairs == "all":
             upper = torch.ones(n, n, dtype=torch.bool, device=z.device).triu(1)
             pos_mask = upper & strong[:, None] & strong[None, :]

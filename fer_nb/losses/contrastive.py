@@ -40,6 +40,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from fer_nb.losses.distances import pairwise_sq_distances as _pairwise_sq
+
 REDUCTIONS = ("mean", "mean_nonzero", "sum", "none")
 
 
@@ -62,8 +64,8 @@ def check_pair_inputs(embeddings: torch.Tensor, labels: torch.Tensor, name: str)
 
 
 def pairwise_sq_distances(x: torch.Tensor) -> torch.Tensor:
-    """``(B, B)`` squared Euclidean distances from differences (exact, no ``a^2 + b^2 - 2ab`` cancellation)."""
-    return (x[:, None, :] - x[None, :, :]).pow(2).sum(-1)
+    """``(B, B)`` squared Euclidean distances (one GEMM; see :mod:`fer_nb.losses.distances`)."""
+    return _pairwise_sq(x)
 
 
 class ContrastiveLoss(nn.Module):

@@ -106,11 +106,9 @@ class NPlusOneTupleLoss(nn.Module):
                              f"got {tuple(negative_mask.shape)}")
         with torch.autocast(device_type=embeddings.device.type, enabled=False):
             x = embeddings.to(working_dtype(embeddings))
-            q = x[pairs[:, 0]]
-            d_qp = (q - x[pairs[:, 1]]).pow(2).sum(-1)
-            if self.power == 1:
-                d_qp = d_qp.clamp_min(1e-12).sqrt()
-            d_qn = pairwise_distance(q, x, self.power)  # (P, B)
+            d = pairwise_distance(x, x, self.power)  # (B, B) once; each tuple indexes it
+            d_qp = d[pairs[:, 0], pairs[:, 1]]
+            d_qn = d[pairs[:, 0]]  # (P, B)
             z = d_qp[:, None] + self.margin - d_qn
             z = z.masked_fill(~negative_mask, float("-inf"))
             z = torch.cat([torch.zeros_like(z[:, :1]), z], 1)  # log(1 + sum exp) = logsumexp([0, z])

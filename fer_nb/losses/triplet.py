@@ -27,6 +27,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from fer_nb.losses.distances import pairwise_distances
+
 REDUCTIONS = ("mean", "sum", "none")
 
 
@@ -36,16 +38,11 @@ def working_dtype(x: torch.Tensor) -> torch.dtype:
 
 
 def pairwise_distance(a: torch.Tensor, b: torch.Tensor, power: int = 2) -> torch.Tensor:
-    """``D[i, j] = ||a_i - b_j||^power`` (power 1 or 2), exact (difference form, no cancellation).
+    """``D[i, j] = ||a_i - b_j||^power`` (power 1 or 2), see :mod:`fer_nb.losses.distances`.
 
     ``power=1`` uses ``sqrt(max(d2, 1e-12))`` so coincident points have a zero (not NaN) gradient.
     """
-    d2 = (a[:, None, :] - b[None, :, :]).pow(2).sum(-1)
-    if power == 2:
-        return d2
-    if power == 1:
-        return d2.clamp_min(1e-12).sqrt()
-    raise ValueError(f"power must be 1 (Euclidean) or 2 (squared Euclidean), got {power!r}")
+    return pairwise_distances(a, b, power)
 
 
 def check_batch(embeddings: torch.Tensor, labels: torch.Tensor, name: str) -> None:
@@ -107,16 +104,13 @@ class TripletLoss(nn.Module):
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor,
                 triplets: torch.Tensor | None = None) -> torch.Tensor:
         check_batch(embeddings, labels, "TripletLoss")
-        if triplets is None:
-            triplets = self.all_triplets(labels)
-        elif triplets.ndim != 2 or triplets.shape[1] != 3:
+        if triplets is not None and (triplets.ndim != 2 or triplets.shape[1] != 3):
             raise ValueError(f"TripletLoss: triplets must be (T, 3) index rows (a, p, n), got {tuple(triplets.shape)}")
         with torch.autocast(device_type=embeddings.device.type, enabled=False):
             x = embeddings.to(working_dtype(embeddings))
-            a, p, n = x[triplets[:, 0]], x[triplets[:, 1]], x[triplets[:, 2]]
-            d_ap = (a - p).pow(2).sum(-1)
-            d_an = (a - n).pow(2).sum(-1)
-            if self.power == 1:
-                d_ap, d_an = d_ap.clamp_min(1e-12).sqrt(), d_an.clamp_min(1e-12).sqrt()
-            per = F.relu(d_ap - d_an + self.margin)
+            d = pairwise_distances(x, None, self.power)  # (B, B): one GEMM, then index triplets
+            if triplets is None:
+                triplets = self.all_triplets(labels)
+            a, p, n = triplets[:, 0], triplets[:, 1], triplets[:, 2]
+            per = F.relu(d[a, p] - d[a, n] + self.margin)
             return reduce_values(per, self.reduction, x)
