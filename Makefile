@@ -27,11 +27,11 @@ book: venv
 
 ## make test: unit tests + papermill smoke run of every notebook
 test: venv
-	$(PY) -m pytest -n 2 --dist loadgroup -q
+	OMP_NUM_THREADS=1 $(PY) -m pytest -n 2 --durations=15 -q
 
 ## make test-fast: unit tests only
 test-fast: venv
-	$(PY) -m pytest -n 2 -q -m "not notebook"
+	OMP_NUM_THREADS=1 $(PY) -m pytest -n 2 -q -m "not notebook"
 
 ## make lab: JupyterLab on the project; the MyST notebooks open as notebooks (jupytext)
 lab: venv

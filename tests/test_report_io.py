@@ -84,9 +84,11 @@ def test_every_paper_yaml_is_well_formed():
 def test_recorded_results_have_provenance():
     for path in sorted(report.RESULTS.glob("*/*.json")):
         m = json.loads(path.read_text())
-        if "provenance" not in m:
-            continue  # benchmark figures etc.
-        for key in ("commit", "date", "device", "torch", "scale", "dataset", "seeds"):
+        assert "provenance" in m, f"{path}: every recorded result names its provenance"
+        keys = ("commit", "date", "device", "torch")
+        if "config" in m:  # a notebook run: also its scale, dataset and seeds
+            keys += ("scale", "dataset", "seeds")
+        for key in keys:
             assert key in m["provenance"], f"{path} lacks {key}"
         io.check_finite(m)
 
