@@ -59,3 +59,23 @@ def test_notebook_smoke(src, tmp_path, monkeypatch):
 
     finite(metrics)
     print(f"{src.name}: {seconds:.0f} s")
+
+
+DETERMINISM = [p for p in NOTEBOOKS if key_of(p) in ("large_margin", "caf")]
+
+
+@pytest.mark.notebook
+@pytest.mark.parametrize("src", DETERMINISM, ids=[p.stem for p in DETERMINISM])
+def test_same_seed_same_metrics_on_cpu(src, tmp_path, monkeypatch):
+    """Two runs of a notebook's training path with the same seed and scale give identical tables."""
+    monkeypatch.setenv("FER_NB_PLAIN_PROGRESS", "1")
+    tables = []
+    for run in ("a", "b"):
+        out_dir = tmp_path / run
+        execute(src, tmp_path / f"nb_{run}", {"SCALE": "smoke", "DEVICE": "cpu", "OUT_DIR": str(out_dir)})
+        m = json.loads((out_dir / "metrics.json").read_text())
+        timing = ("second", "time", "_ms", "img_s", "per_s")
+        summary = {k: v for k, v in m["summary"].items() if not any(t in k for t in timing)}
+        tables.append((m["tables"], summary))
+    assert any(isinstance(v, float) for v in tables[0][1].values()), "nothing numeric to compare"
+    assert tables[0] == tables[1]
