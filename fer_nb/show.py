@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import inspect
+from pathlib import Path
 
 
 def show_source(obj, start: str | None = None) -> None:
@@ -9,6 +10,7 @@ def show_source(obj, start: str | None = None) -> None:
 
     ``start``: show only from the first line containing this text (e.g. ``"def forward"``).
     """
+    obj = inspect.unwrap(obj)  # decorated functions (e.g. @torch.no_grad) show their own source
     source = inspect.getsource(obj)
     if start is not None:
         lines = source.splitlines()
@@ -16,10 +18,12 @@ def show_source(obj, start: str | None = None) -> None:
         if not hits:
             raise ValueError(f"{start!r} not found in the source of {obj!r}")
         source = "\n".join(lines[hits[0]:])
-    where = f"{inspect.getsourcefile(obj).split('fer_nb/')[-1]}"
+    path = Path(inspect.getsourcefile(obj)).resolve()
+    root = Path(__file__).resolve().parent.parent
+    where = path.relative_to(root).as_posix() if path.is_relative_to(root) else path.name
     try:
         from IPython.display import Markdown, display
 
-        display(Markdown(f"`fer_nb/{where}`\n```python\n{source}\n```"))
+        display(Markdown(f"`{where}`\n```python\n{source}\n```"))
     except ImportError:  # plain Python
-        print(f"# fer_nb/{where}\n{source}")
+        print(f"# {where}\n{source}")
