@@ -35,21 +35,13 @@ import torch
 
 from fer_nb.data.schema import AUS, EXPRESSIONS, FaceArrays
 from fer_nb.data.synthfacs_render import M32, NOISE_BANK, hash32, noise_bank, render
+from fer_nb.pseudo_emotions import PROTOTYPES as _EMFACS
 
 DOMAINS = ("lab", "wild")
 MIN_SIZE, MAX_SIZE = 32, 256
 
-#: EMFACS prototypes (see REFERENCE_FACTS.md); contempt is unilateral R12 + R14.
-PROTOTYPES: dict[str, tuple[int, ...]] = {
-    "neutral": (),
-    "anger": (4, 5, 7, 23),
-    "disgust": (9, 15, 16),
-    "fear": (1, 2, 4, 5, 7, 20, 26),
-    "happiness": (6, 12),
-    "sadness": (1, 4, 15),
-    "surprise": (1, 2, 5, 26),
-    "contempt": (12, 14),
-}
+#: EMFACS prototypes (fer_nb.pseudo_emotions, REFERENCE_FACTS.md); contempt is rendered unilateral R12 + R14.
+PROTOTYPES: dict[str, tuple[int, ...]] = {"neutral": (), **_EMFACS}
 #: Companion AUs that often co-occur (probability, relative intensity); rendered and labelled.
 COMPANIONS: dict[str, tuple[tuple[int, float, float], ...]] = {
     "happiness": ((25, 0.5, 0.9),),           # a smile with parted lips shows the teeth

@@ -42,16 +42,12 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+from fer_nb.losses.common import check_inputs, working_dtype
 
 __all__ = ["AngularMarginLoss", "OVERFLOWS", "REDUCTIONS", "angular_margin_logits", "cosine_logits"]
 
 REDUCTIONS = ("mean", "sum", "none")
 OVERFLOWS = ("arcface", "easy", "none")
-
-
-def working_dtype(x: torch.Tensor) -> torch.dtype:
-    """float64 stays float64; bf16/fp16 (autocast) and float32 become float32."""
-    return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
 def cosine_logits(embeddings: torch.Tensor, weight: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
@@ -99,25 +95,6 @@ def _reduce(per_sample: torch.Tensor, valid: torch.Tensor, reduction: str) -> to
     if reduction == "sum":
         return total
     return total / valid.sum().clamp_min(1).to(per_sample.dtype)
-
-
-def check_inputs(embeddings: torch.Tensor, labels: torch.Tensor, num_classes: int, embedding_dim: int,
-                 name: str) -> None:
-    """Shape/type/range checks with errors that name the fix."""
-    if embeddings.ndim != 2 or embeddings.shape[1] != embedding_dim:
-        raise ValueError(
-            f"{name}: embeddings must be (batch, {embedding_dim}), got {tuple(embeddings.shape)}; "
-            f"build the loss with embedding_dim={embeddings.shape[-1] if embeddings.ndim else '?'}"
-        )
-    if labels.ndim != 1 or labels.shape[0] != embeddings.shape[0]:
-        raise ValueError(f"{name}: labels must be (batch,) = ({embeddings.shape[0]},), got {tuple(labels.shape)}")
-    if labels.dtype.is_floating_point or labels.dtype == torch.bool:
-        raise TypeError(f"{name}: labels must be integer class ids (use labels.long()), got {labels.dtype}")
-    if labels.numel() and (bool((labels < -1).any()) or bool((labels >= num_classes).any())):
-        raise ValueError(
-            f"{name}: labels must lie in [-1, {num_classes - 1}] (-1 = unlabelled, ignored); got "
-            f"min {int(labels.min())}, max {int(labels.max())}"
-        )
 
 
 class AngularMarginLoss(nn.Module):

@@ -39,15 +39,11 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from fer_nb.losses.common import working_dtype
 
 from fer_nb.losses.distances import pairwise_sq_distances as _pairwise_sq
 
 REDUCTIONS = ("mean", "mean_nonzero", "sum", "none")
-
-
-def working_dtype(x: torch.Tensor) -> torch.dtype:
-    """float64 stays float64; everything else (bf16/fp16 under autocast, float32) becomes float32."""
-    return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
 def check_pair_inputs(embeddings: torch.Tensor, labels: torch.Tensor, name: str) -> None:

@@ -25,16 +25,12 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from fer_nb.losses.common import working_dtype
 from torch.nn import functional as F
 
 from fer_nb.losses.distances import pairwise_distances
 
 REDUCTIONS = ("mean", "sum", "none")
-
-
-def working_dtype(x: torch.Tensor) -> torch.dtype:
-    """float64 stays float64; everything else (bf16/fp16 under autocast, float32) becomes float32."""
-    return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
 def pairwise_distance(a: torch.Tensor, b: torch.Tensor, power: int = 2) -> torch.Tensor:
