@@ -42,7 +42,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
-from fer_nb.losses.common import check_inputs, working_dtype
+from fer_nb.losses.common import check_inputs, reduce, working_dtype
 
 __all__ = ["AngularMarginLoss", "OVERFLOWS", "REDUCTIONS", "angular_margin_logits", "cosine_logits"]
 
@@ -85,16 +85,6 @@ def angular_margin_logits(cosine: torch.Tensor, labels: torch.Tensor, scale: flo
     elif overflow == "easy":
         with_margin = torch.where(c > 0, with_margin, c)
     return scale * torch.where(onehot, with_margin, c)
-
-
-def _reduce(per_sample: torch.Tensor, valid: torch.Tensor, reduction: str) -> torch.Tensor:
-    per_sample = per_sample * valid.to(per_sample.dtype)
-    if reduction == "none":
-        return per_sample
-    total = per_sample.sum()
-    if reduction == "sum":
-        return total
-    return total / valid.sum().clamp_min(1).to(per_sample.dtype)
 
 
 class AngularMarginLoss(nn.Module):
@@ -155,4 +145,4 @@ class AngularMarginLoss(nn.Module):
         with torch.autocast(embeddings.device.type, enabled=False):
             logits = self.logits(embeddings, labels)
             per = F.cross_entropy(logits, labels.clamp_min(0), reduction="none")
-            return _reduce(per, valid, self.reduction)
+            return reduce(per, valid, self.reduction)

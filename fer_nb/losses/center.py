@@ -34,21 +34,22 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from fer_nb.losses.common import check_inputs, working_dtype
+from fer_nb.losses.common import check_inputs, reduce, working_dtype
 
 REDUCTIONS = ("mean", "sum", "none")
 UPDATES = ("moving", "sgd")
 
 
-def reduce(per_sample: torch.Tensor, valid: torch.Tensor, reduction: str) -> torch.Tensor:
-    """``mean`` over the labelled rows (0 when there are none, still differentiable), ``sum``, or ``none``."""
-    per_sample = per_sample * valid.to(per_sample.dtype)
-    if reduction == "none":
-        return per_sample
-    total = per_sample.sum()
-    if reduction == "sum":
-        return total
-    return total / valid.sum().clamp_min(1).to(per_sample.dtype)
+def init_centroids(module: nn.Module, num_classes: int, embedding_dim: int, update: str) -> None:
+    """Give ``module`` its ``(C, D)`` ``centers`` (a parameter for ``update="sgd"``, else a buffer)
+    and the ``seen`` buffer of classes that already have a centre from data (the moving update
+    initialises a class to its batch mean the first time it appears)."""
+    init = torch.randn(num_classes, embedding_dim) * 0.01
+    if update == "sgd":
+        module.centers = nn.Parameter(init)
+    else:
+        module.register_buffer("centers", init)
+    module.register_buffer("seen", torch.zeros(num_classes, dtype=torch.bool))
 
 
 @torch.no_grad()
@@ -111,13 +112,7 @@ class CenterLoss(nn.Module):
             raise ValueError(f"alpha (centroid learning rate) must be in [0, 1], got {alpha}")
         self.num_classes, self.embedding_dim = int(num_classes), int(embedding_dim)
         self.reduction, self.squared, self.update, self.alpha, self.eps = reduction, squared, update, alpha, eps
-        init = torch.randn(num_classes, embedding_dim) * 0.01
-        if update == "sgd":
-            self.centers = nn.Parameter(init)
-        else:
-            self.register_buffer("centers", init)
-        # Which classes already have a centre from data (moving update initialises them to their mean).
-        self.register_buffer("seen", torch.zeros(num_classes, dtype=torch.bool))
+        init_centroids(self, num_classes, embedding_dim, update)
 
     def extra_repr(self) -> str:
         return (f"num_classes={self.num_classes}, embedding_dim={self.embedding_dim}, reduction={self.reduction!r}, "

@@ -26,3 +26,14 @@ def check_inputs(embeddings: torch.Tensor, labels: torch.Tensor, num_classes: in
             f"{name}: labels must lie in [-1, {num_classes - 1}] (-1 = unlabelled, ignored); got "
             f"min {int(labels.min())}, max {int(labels.max())}"
         )
+
+
+def reduce(per_sample: torch.Tensor, valid: torch.Tensor, reduction: str) -> torch.Tensor:
+    """``mean`` over the labelled rows (0 when there are none, still differentiable), ``sum``, or ``none``."""
+    per_sample = per_sample * valid.to(per_sample.dtype)
+    if reduction == "none":
+        return per_sample
+    total = per_sample.sum()
+    if reduction == "sum":
+        return total
+    return total / valid.sum().clamp_min(1).to(per_sample.dtype)

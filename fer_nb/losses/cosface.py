@@ -21,7 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fer_nb.losses.angular_margin import REDUCTIONS, _reduce, check_inputs, cosine_logits
+from fer_nb.losses.angular_margin import REDUCTIONS, check_inputs, cosine_logits
+from fer_nb.losses.common import reduce
 
 __all__ = ["CosFaceLoss", "cosface_logits"]
 
@@ -82,4 +83,4 @@ class CosFaceLoss(nn.Module):
         with torch.autocast(embeddings.device.type, enabled=False):
             logits = self.logits(embeddings, labels)
             per = F.cross_entropy(logits, labels.clamp_min(0), reduction="none")
-            return _reduce(per, valid, self.reduction)
+            return reduce(per, valid, self.reduction)

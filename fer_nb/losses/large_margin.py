@@ -35,7 +35,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from fer_nb.losses.center import REDUCTIONS, UPDATES, check_inputs, moving_centroid_update, reduce, working_dtype
+from fer_nb.losses.center import (REDUCTIONS, UPDATES, check_inputs, init_centroids, moving_centroid_update, reduce,
+                                  working_dtype)
 
 
 def normalise(v: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
@@ -74,12 +75,7 @@ class LargeMarginLoss(nn.Module):
             raise ValueError(f"alpha (centroid learning rate) must be in [0, 1], got {alpha}")
         self.num_classes, self.embedding_dim = int(num_classes), int(embedding_dim)
         self.reduction, self.update, self.alpha, self.squared, self.eps = reduction, update, alpha, squared, eps
-        init = torch.randn(num_classes, embedding_dim) * 0.01
-        if update == "sgd":
-            self.centers = nn.Parameter(init)
-        else:
-            self.register_buffer("centers", init)
-        self.register_buffer("seen", torch.zeros(num_classes, dtype=torch.bool))
+        init_centroids(self, num_classes, embedding_dim, update)
 
     def extra_repr(self) -> str:
         return (f"num_classes={self.num_classes}, embedding_dim={self.embedding_dim}, reduction={self.reduction!r}, "
