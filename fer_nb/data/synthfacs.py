@@ -385,6 +385,15 @@ def _render_chunked(p: dict[str, torch.Tensor], image_size: int, channels: int, 
 # ----------------------------------------------------------------------------- public API
 
 
+def _draw_class_and_subject(r: "_Rand", prior: torch.Tensor, subject_offset: int,
+                            n_subjects: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """True expression (from the class ``prior``) and subject id of each row of ``r``."""
+    cdf = prior.cumsum(0)
+    true = torch.searchsorted(cdf, r.u("class").clamp(max=float(cdf[-1]) - 1e-12)).clamp(max=len(prior) - 1)
+    subject = subject_offset + (r.u("subject") * n_subjects).long().clamp(max=n_subjects - 1)
+    return true, subject
+
+
 def sample_params(n: int, *, seed: int = 0, domain: str = "lab", n_subjects: int = 40,
                   subject_offset: int = 0, class_priors: str | Sequence[float] = "uniform",
                   label_noise: float = 0.0, with_contempt: bool = False, start: int = 0) -> dict:
@@ -392,10 +401,7 @@ def sample_params(n: int, *, seed: int = 0, domain: str = "lab", n_subjects: int
     wild = domain == "wild"
     idx = torch.arange(start, start + n, dtype=torch.int64)
     r = _Rand(_key(seed, "still", domain), idx)
-    prior = class_prior(class_priors, with_contempt)
-    cdf = prior.cumsum(0)
-    true = torch.searchsorted(cdf, r.u("class").clamp(max=float(cdf[-1]) - 1e-12)).clamp(max=len(prior) - 1)
-    subject = subject_offset + (r.u("subject") * n_subjects).long().clamp(max=n_subjects - 1)
+    true, subject = _draw_class_and_subject(r, class_prior(class_priors, with_contempt), subject_offset, n_subjects)
     ident = identity_params(subject, domain)
     strength = _strength(r, wild, ident["expressivity"])
     aus, uni = _expression_aus(r, true, strength, wild)
@@ -501,10 +507,7 @@ def generate_sequences(
     wild = domain == "wild"
     sid = torch.arange(n_sequences, dtype=torch.int64)
     r = _Rand(_key(seed, "sequence", domain), sid)
-    prior = class_prior(class_priors, with_contempt)
-    cdf = prior.cumsum(0)
-    true = torch.searchsorted(cdf, r.u("class").clamp(max=float(cdf[-1]) - 1e-12)).clamp(max=len(prior) - 1)
-    subject = subject_offset + (r.u("subject") * n_subjects).long().clamp(max=n_subjects - 1)
+    true, subject = _draw_class_and_subject(r, class_prior(class_priors, with_contempt), subject_offset, n_subjects)
     ident = identity_params(subject, domain)
     strength = _strength(r, wild, ident["expressivity"])
     apex, uni = _expression_aus(r, true, strength, wild)
