@@ -40,6 +40,16 @@ REDUCTIONS = ("mean", "sum", "none")
 UPDATES = ("moving", "sgd")
 
 
+def check_centroid_options(reduction: str, update: str, alpha: float) -> None:
+    """Validate the options shared by the centroid losses (errors name the valid values)."""
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+    if update not in UPDATES:
+        raise ValueError(f"update must be one of {UPDATES}, got {update!r}")
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha (centroid learning rate) must be in [0, 1], got {alpha}")
+
+
 def init_centroids(module: nn.Module, num_classes: int, embedding_dim: int, update: str) -> None:
     """Give ``module`` its ``(C, D)`` ``centers`` (a parameter for ``update="sgd"``, else a buffer)
     and the ``seen`` buffer of classes that already have a centre from data (the moving update
@@ -104,12 +114,7 @@ class CenterLoss(nn.Module):
         super().__init__()
         if num_classes < 1 or embedding_dim < 1:
             raise ValueError(f"num_classes and embedding_dim must be >= 1, got {num_classes}, {embedding_dim}")
-        if reduction not in REDUCTIONS:
-            raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
-        if update not in UPDATES:
-            raise ValueError(f"update must be one of {UPDATES}, got {update!r}")
-        if not 0.0 <= alpha <= 1.0:
-            raise ValueError(f"alpha (centroid learning rate) must be in [0, 1], got {alpha}")
+        check_centroid_options(reduction, update, alpha)
         self.num_classes, self.embedding_dim = int(num_classes), int(embedding_dim)
         self.reduction, self.squared, self.update, self.alpha, self.eps = reduction, squared, update, alpha, eps
         init_centroids(self, num_classes, embedding_dim, update)

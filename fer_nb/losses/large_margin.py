@@ -35,8 +35,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from fer_nb.losses.center import (REDUCTIONS, UPDATES, check_inputs, init_centroids, moving_centroid_update, reduce,
-                                  working_dtype)
+from fer_nb.losses.center import (check_centroid_options, check_inputs, init_centroids, moving_centroid_update,
+                                  reduce, working_dtype)
 
 
 def normalise(v: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
@@ -67,12 +67,7 @@ class LargeMarginLoss(nn.Module):
             raise ValueError(f"LargeMarginLoss needs num_classes >= 2 (Eq. 3 divides by C - 1), got {num_classes}")
         if embedding_dim < 1:
             raise ValueError(f"embedding_dim must be >= 1, got {embedding_dim}")
-        if reduction not in REDUCTIONS:
-            raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
-        if update not in UPDATES:
-            raise ValueError(f"update must be one of {UPDATES}, got {update!r}")
-        if not 0.0 <= alpha <= 1.0:
-            raise ValueError(f"alpha (centroid learning rate) must be in [0, 1], got {alpha}")
+        check_centroid_options(reduction, update, alpha)
         self.num_classes, self.embedding_dim = int(num_classes), int(embedding_dim)
         self.reduction, self.update, self.alpha, self.squared, self.eps = reduction, update, alpha, squared, eps
         init_centroids(self, num_classes, embedding_dim, update)
