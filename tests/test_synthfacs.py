@@ -252,6 +252,33 @@ def test_knob_subjects():
     assert not torch.equal(a.images, b.images)
 
 
+def test_knob_wild_severity():
+    full = sf.generate(64, seed=2, domain="wild", image_size=40)
+    assert _same(full, sf.generate(64, seed=2, domain="wild", image_size=40, wild_severity=1.0))
+    mild = sf.generate(64, seed=2, domain="wild", image_size=40, wild_severity=0.5)
+    calm = sf.generate(64, seed=2, domain="wild", image_size=40, wild_severity=0.0)
+    # same faces and labels, only the nuisance changes
+    assert all(torch.equal(full.labels[k], mild.labels[k]) for k in full.labels)
+    assert not torch.equal(full.images, mild.images)
+    p = {sv: sf.sample_params(2000, seed=0, domain="wild", wild_severity=sv)["params"] for sv in (1.0, 0.5, 0.0)}
+    for key in ("rot", "tx", "ty", "yaw", "light_gx"):
+        s1, s5, s0 = (float(p[sv][key].abs().mean()) for sv in (1.0, 0.5, 0.0))
+        assert s0 == 0.0 and abs(s5 - 0.5 * s1) < 1e-9 * max(1.0, s1), key
+    assert float((p[0.5]["scale"] - 1).abs().mean()) == pytest.approx(0.5 * float((p[1.0]["scale"] - 1).abs().mean()))
+    occ = {sv: float(p[sv]["occ"].mean()) for sv in p}
+    assert occ[0.0] == 0.0 and 0.1 < occ[0.5] < 0.2 and 0.25 < occ[1.0] < 0.35
+    # a frontal, unoccluded face: severity 0 stays closer to the mild images than the full wild ones
+    err = lambda a, b: float((a.images.float() - b.images.float()).abs().mean())  # noqa: E731
+    assert err(calm, mild) < err(calm, full)
+    # sequences, traces and the stream take it too
+    seq = sf.generate_sequences(2, frames=3, seed=1, domain="wild", image_size=32, wild_severity=0.3)
+    assert seq.info["wild_severity"] == 0.3
+    tr = sf.generate_trace(4, seed=1, domain="wild", image_size=32, wild_severity=0.3)
+    assert not torch.equal(tr.images, sf.generate_trace(4, seed=1, domain="wild", image_size=32).images)
+    batch = next(sf.stream(4, seed=2, domain="wild", image_size=40, wild_severity=0.5))
+    assert torch.equal((batch["image"] * 255).round().to(torch.uint8), mild.images[:4])
+
+
 def test_knob_with_contempt():
     a = sf.generate(400, seed=0, image_size=32)
     b = sf.generate(400, seed=0, image_size=32, with_contempt=True)
@@ -275,6 +302,9 @@ def test_knob_with_contempt():
     ({"channels": 2}, ValueError, "channels"),
     ({"n_subjects": 0}, ValueError, "n_subjects"),
     ({"subject_offset": -1}, ValueError, "subject_offset"),
+    ({"domain": "wild", "wild_severity": 1.5}, ValueError, "wild_severity"),
+    ({"wild_severity": -0.1}, ValueError, "wild_severity"),
+    ({"wild_severity": "mild"}, ValueError, "wild_severity"),
 ])
 def test_bad_input(kwargs, exc, match):
     with pytest.raises(exc, match=match):

@@ -152,6 +152,14 @@ def _check_common(domain: str, image_size: int, n_subjects: int, subject_offset:
     return channels
 
 
+def _check_severity(wild_severity: float) -> float:
+    if isinstance(wild_severity, bool) or not isinstance(wild_severity, (int, float)) \
+            or not 0.0 <= float(wild_severity) <= 1.0:
+        raise ValueError(f"wild_severity must be a number in [0, 1] (1 = the full wild domain, 0.5 = milder pose, "
+                         f"light and occluders), got {wild_severity!r}")
+    return float(wild_severity)
+
+
 def _check_n(n: int, what: str = "n") -> None:
     if isinstance(n, bool) or not isinstance(n, int) or n < 0:
         raise ValueError(f"{what} must be an int >= 0, got {n!r}")
@@ -313,7 +321,14 @@ def _render_params(ident: dict[str, torch.Tensor], aus: torch.Tensor, unilateral
     return p
 
 
-def _nuisance(r: _Rand, wild: bool) -> dict[str, torch.Tensor]:
+def _nuisance(r: _Rand, wild: bool, severity: float = 1.0) -> dict[str, torch.Tensor]:
+    """Pose, light, background, occluder and sensor-noise parameters (all fixed in the lab).
+
+    ``severity`` in [0, 1] scales every wild nuisance towards the lab's frontal, evenly lit face
+    (rotation, scale change, translation, yaw, light gradients and level, occluder probability,
+    noise above the lab's); 1 is the full wild domain. The random draws do not depend on it, so
+    two severities render the same faces under milder or harsher conditions.
+    """
     n = r.base.shape[0]
     z = torch.zeros(n, dtype=torch.float64)
     grey = r.range("bg_grey", 0.55, 0.72)
@@ -325,22 +340,27 @@ def _nuisance(r: _Rand, wild: bool) -> dict[str, torch.Tensor]:
         p["bg2"] = p["bg1"]
         p["occc"] = p["bg1"]
         return p
+    sv = float(severity)
+
+    def toward(x: torch.Tensor, calm: float) -> torch.Tensor:  # severity 1 leaves x untouched
+        return x if sv == 1.0 else calm + (x - calm) * sv
+
     p.update(
-        rot=(r.normal("rot") * 0.2).clamp(-0.45, 0.45),
-        scale=r.range("scale", 0.78, 1.12),
-        tx=r.range("tx", -0.13, 0.13),
-        ty=r.range("ty", -0.12, 0.12),
-        yaw=r.range("yaw", -0.6, 0.6),
-        light_gx=r.range("lgx", -0.35, 0.35),
-        light_gy=r.range("lgy", -0.25, 0.25),
-        light_base=r.range("lbase", 0.7, 1.15),
+        rot=toward((r.normal("rot") * 0.2).clamp(-0.45, 0.45), 0.0),
+        scale=toward(r.range("scale", 0.78, 1.12), 1.0),
+        tx=toward(r.range("tx", -0.13, 0.13), 0.0),
+        ty=toward(r.range("ty", -0.12, 0.12), 0.0),
+        yaw=toward(r.range("yaw", -0.6, 0.6), 0.0),
+        light_gx=toward(r.range("lgx", -0.35, 0.35), 0.0),
+        light_gy=toward(r.range("lgy", -0.25, 0.25), 0.0),
+        light_base=toward(r.range("lbase", 0.7, 1.15), 1.0),
         bg_dir=r.range("bg_dir", 0, 2 * math.pi),
-        occ=r.bern("occ", 0.3),
+        occ=r.bern("occ", 0.3 * sv),
         occ_x=r.range("occ_x", -0.45, 0.45),
         occ_y=r.range("occ_y", -0.2, 0.7),
         occ_w=r.range("occ_w", 0.1, 0.3),
         occ_h=r.range("occ_h", 0.08, 0.25),
-        noise=r.range("noise", 0.03, 0.09),
+        noise=toward(r.range("noise", 0.03, 0.09), 0.025),
     )
     for name in ("bg1", "bg2", "occ_rgb"):  # muted colours: a random hue mixed with a random grey
         rgb = torch.stack([r.u(f"{name}{c}") for c in "rgb"], 1)
@@ -396,7 +416,8 @@ def _draw_class_and_subject(r: "_Rand", prior: torch.Tensor, subject_offset: int
 
 def sample_params(n: int, *, seed: int = 0, domain: str = "lab", n_subjects: int = 40,
                   subject_offset: int = 0, class_priors: str | Sequence[float] = "uniform",
-                  label_noise: float = 0.0, with_contempt: bool = False, start: int = 0) -> dict:
+                  label_noise: float = 0.0, with_contempt: bool = False, start: int = 0,
+                  wild_severity: float = 1.0) -> dict:
     """Labels and render parameters of stills ``start .. start + n - 1`` (CPU, float64)."""
     wild = domain == "wild"
     idx = torch.arange(start, start + n, dtype=torch.int64)
@@ -407,7 +428,7 @@ def sample_params(n: int, *, seed: int = 0, domain: str = "lab", n_subjects: int
     aus, uni = _expression_aus(r, true, strength, wild)
     va = _va(r, true, strength * (true > 0))
     label = _noisy_labels(r, true, label_noise, with_contempt)
-    params = _render_params(ident, aus, uni, _nuisance(r, wild))
+    params = _render_params(ident, aus, uni, _nuisance(r, wild, wild_severity))
     return {"true": true, "label": label, "subject": subject, "aus": aus, "va": va,
             "strength": strength * (true > 0), "params": params}
 
@@ -438,6 +459,7 @@ def generate(
     with_contempt: bool = False,
     channels: int | None = None,
     device: str | torch.device = "cpu",
+    wild_severity: float = 1.0,
 ) -> FaceArrays:
     """``n`` still images with labels in the shared schema.
 
@@ -447,13 +469,17 @@ def generate(
     ``class_priors``: ``"uniform"``, ``"ferplus"``, ``"rafdb"`` or a list of 7 (8 with contempt)
     weights. ``label_noise``: probability that the annotator label is a confusable class.
     ``channels``: 1 or 3 (default: 1 for lab, 3 for wild). Images are rendered on ``device``.
+    ``wild_severity`` in [0, 1] scales the wild domain's pose, light, occluders and noise (1 = full;
+    0.5 = a milder wild domain that small networks learn in a few hundred steps); lab ignores it.
     """
     _check_n(n)
+    wild_severity = _check_severity(wild_severity)
     channels = _check_common(domain, image_size, n_subjects, subject_offset, channels)
     if isinstance(label_noise, bool) or not isinstance(label_noise, (int, float)) or not 0.0 <= label_noise <= 1.0:
         raise ValueError(f"label_noise must be a probability in [0, 1], got {label_noise!r}")
     s = sample_params(n, seed=seed, domain=domain, n_subjects=n_subjects, subject_offset=subject_offset,
-                      class_priors=class_priors, label_noise=float(label_noise), with_contempt=with_contempt)
+                      class_priors=class_priors, label_noise=float(label_noise), with_contempt=with_contempt,
+                      wild_severity=wild_severity)
     device = torch.device(device)
     images = _render_chunked(s["params"], image_size, channels, domain == "wild", device)
     labels = {k: v.to(device) for k, v in _labels(n, s["label"], s["aus"], s["va"], s["subject"], domain).items()}
@@ -461,7 +487,7 @@ def generate(
         "generator": "synthfacs", "seed": seed, "domain": domain, "image_size": image_size,
         "channels": channels, "n_subjects": n_subjects, "subject_offset": subject_offset,
         "class_priors": class_priors if isinstance(class_priors, str) else list(class_priors),
-        "label_noise": float(label_noise), "with_contempt": with_contempt,
+        "label_noise": float(label_noise), "with_contempt": with_contempt, "wild_severity": wild_severity,
         "true_expression": s["true"].to(device), "intensity": s["strength"].float().to(device),
     }
     return FaceArrays(images, labels, f"synthfacs-{domain}", _names(with_contempt), info)
@@ -493,14 +519,17 @@ def generate_sequences(
     with_contempt: bool = False,
     device: str | torch.device = "cpu",
     channels: int | None = None,
+    wild_severity: float = 1.0,
 ) -> FaceArrays:
     """``n_sequences`` clips of ``frames`` frames each (rows ordered sequence-major).
 
     Each clip is one subject posing one expression: onset -> apex -> offset. ``aus`` and ``va``
     follow the intensity curve (``info["curve"]``); ``expression`` is the clip's label on every
     frame (as CK+ / MMI label whole sequences); ``sequence`` = clip id, ``frame`` = index.
+    ``wild_severity`` as in :func:`generate` (the head motion inside a clip scales with it).
     """
     _check_n(n_sequences, "n_sequences")
+    wild_severity = _check_severity(wild_severity)
     if isinstance(frames, bool) or not isinstance(frames, int) or frames < 2:
         raise ValueError(f"frames must be an int >= 2, got {frames!r}")
     channels = _check_common(domain, image_size, n_subjects, subject_offset, channels)
@@ -513,7 +542,7 @@ def generate_sequences(
     apex, uni = _expression_aus(r, true, strength, wild)
     rest, _ = _expression_aus(r, torch.zeros_like(true), strength, wild)   # the clip's resting face
     curve = _curve(frames, r)                                              # (S, F)
-    nuis = _nuisance(r, wild)
+    nuis = _nuisance(r, wild, wild_severity)
     rep = lambda x: x.repeat_interleave(frames, 0)  # noqa: E731
     c = curve.reshape(-1, 1)
     aus = rep(rest) + (rep(apex) - rep(rest)) * c
@@ -526,6 +555,7 @@ def generate_sequences(
     nuis_f = {k: rep(v) for k, v in nuis.items()}
     if wild:  # slow head motion inside the clip
         tt = torch.linspace(0, 1, frames, dtype=torch.float64).repeat(n_sequences)
+        tt = tt * wild_severity
         nuis_f["rot"] = nuis_f["rot"] + rep(r.range("drot", -0.1, 0.1)) * tt
         nuis_f["tx"] = nuis_f["tx"] + rep(r.range("dtx", -0.04, 0.04)) * tt
         nuis_f["yaw"] = nuis_f["yaw"] + rep(r.range("dyaw", -0.2, 0.2)) * tt
@@ -537,7 +567,7 @@ def generate_sequences(
     labels = _labels(n, rep(true), aus, va, rep(subject), domain, sequence=rep(sid),
                      frame=torch.arange(frames, dtype=torch.int64).repeat(n_sequences))
     info = {"generator": "synthfacs", "seed": seed, "domain": domain, "image_size": image_size,
-            "channels": channels, "frames": frames, "curve": curve.float().reshape(-1).to(device),
+            "channels": channels, "frames": frames, "wild_severity": wild_severity, "curve": curve.float().reshape(-1).to(device),
             "true_expression": rep(true).to(device)}
     return FaceArrays(images, {k: v.to(device) for k, v in labels.items()}, f"synthfacs-{domain}-sequences",
                       _names(with_contempt), info)
@@ -552,15 +582,17 @@ def generate_trace(
     image_size: int = 64,
     channels: int | None = None,
     device: str | torch.device = "cpu",
+    wild_severity: float = 1.0,
 ) -> FaceArrays:
     """One continuous valence/arousal trace of one subject (Aff-Wild-like), ``n_frames`` frames.
 
     Valence and arousal wander smoothly (a sum of slow sinusoids with random frequencies and
     phases); each frame's face blends the prototypes of the two classes whose circumplex anchors
     are closest in angle, scaled by the radius ``sqrt(v^2 + a^2)``. ``expression`` is the closest
-    class when the radius exceeds 0.3, otherwise neutral.
+    class when the radius exceeds 0.3, otherwise neutral. ``wild_severity`` as in :func:`generate`.
     """
     _check_n(n_frames, "n_frames")
+    wild_severity = _check_severity(wild_severity)
     if isinstance(subject, bool) or not isinstance(subject, int) or subject < 0:
         raise ValueError(f"subject must be an int >= 0, got {subject!r}")
     channels = _check_common(domain, image_size, 1, 0, channels)
@@ -596,19 +628,22 @@ def generate_trace(
     expression = torch.where(radius > 0.3, top2.indices[:, 0] + 1, torch.zeros_like(radius, dtype=torch.int64))
     subj = torch.full((n_frames,), subject, dtype=torch.int64)
     ident = identity_params(subj, domain)
-    nuis = _nuisance(_Rand(_key(seed, "trace-nuisance", domain, subject), torch.zeros(n_frames, dtype=torch.int64)), wild)
+    nuis = _nuisance(_Rand(_key(seed, "trace-nuisance", domain, subject), torch.zeros(n_frames, dtype=torch.int64)), wild,
+                     wild_severity)
     if wild:  # slow head motion
         ph = 2 * math.pi * t / 150
-        nuis["rot"] = nuis["rot"] + 0.12 * torch.sin(ph)
-        nuis["yaw"] = (nuis["yaw"] * 0.5 + 0.3 * torch.sin(ph * 0.7 + 1)).clamp(-0.6, 0.6)
-        nuis["tx"] = nuis["tx"] + 0.04 * torch.cos(ph * 1.3)
+        sv = wild_severity
+        nuis["rot"] = nuis["rot"] + 0.12 * sv * torch.sin(ph)
+        nuis["yaw"] = (nuis["yaw"] * 0.5 + 0.3 * sv * torch.sin(ph * 0.7 + 1)).clamp(-0.6, 0.6)
+        nuis["tx"] = nuis["tx"] + 0.04 * sv * torch.cos(ph * 1.3)
     nuis["noise_key"] = rf.choice("noise_key", 16).to(torch.float64)
     params = _render_params(ident, aus, torch.zeros(n_frames, dtype=torch.bool), nuis)
     device = torch.device(device)
     images = _render_chunked(params, image_size, channels, wild, device)
     labels = _labels(n_frames, expression, aus, va, subj, domain, sequence=torch.zeros(n_frames, dtype=torch.int64),
                      frame=t.long())
-    info = {"generator": "synthfacs", "seed": seed, "domain": domain, "image_size": image_size, "channels": channels}
+    info = {"generator": "synthfacs", "seed": seed, "domain": domain, "image_size": image_size, "channels": channels,
+            "wild_severity": wild_severity}
     return FaceArrays(images, {k: v.to(device) for k, v in labels.items()}, f"synthfacs-{domain}-trace",
                       EXPRESSIONS[:7], info)
 
@@ -664,7 +699,8 @@ def stream(batch_size: int, *, seed: int = 0, start: int = 0, device: str | torc
                           subject_offset=kwargs.get("subject_offset", 0),
                           class_priors=kwargs.get("class_priors", "uniform"),
                           label_noise=float(kwargs.get("label_noise", 0.0)),
-                          with_contempt=kwargs.get("with_contempt", False))
+                          with_contempt=kwargs.get("with_contempt", False),
+                          wild_severity=_check_severity(kwargs.get("wild_severity", 1.0)))
         img = render(_to_device(s["params"], device), image_size, channels, domain == "wild")
         batch = {"image": img.float().div_(255.0)}
         batch.update({k: v.to(device) for k, v in _labels(batch_size, s["label"], s["aus"], s["va"], s["subject"],
