@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from fer_nb import metrics
-from fer_nb.losses.caf_critic import CAFCriticLoss, confidence_delta, gaussian_mi, margin_count
+from fer_nb.losses.caf_critic import (CAFCriticLoss, collapse_eigenvalue, confidence_delta, gaussian_mi,
+                                     margin_count)
 from fer_nb.losses.fisher_ipm import FisherIPMLoss
 from fer_nb.losses.mmd_critic import MMDCriticLoss
 from fer_nb.losses.va_regression import VARegressionLoss
@@ -71,6 +72,80 @@ def test_caf_critic_matches_loop_reference(margin, seed):
     want, alpha = ref_caf_loss(z, lab, margin, sigma=1.0, epoch=7)
     assert got.item() == pytest.approx(want, rel=1e-9, abs=1e-12)
     assert loss_fn.last["alpha"].item() == pytest.approx(alpha, rel=1e-9)
+
+
+def test_caf_critic_positive_weight_scales_only_the_pull():
+    z, lab = _batch(seed=5)
+    pos = [float(((z[i] - z[j]) ** 2).sum()) for i in range(len(z)) for j in range(i + 1, len(z))
+           if lab[i] == 1 and lab[j] == 1]
+    full = CAFCriticLoss(bandwidth=1.0)(z, lab)
+    quarter = CAFCriticLoss(bandwidth=1.0, positive_weight=0.25)(z, lab)
+    assert (full - quarter).item() == pytest.approx(0.75 * sum(pos) / len(pos), rel=1e-9)
+    with pytest.raises(ValueError, match="positive_weight"):
+        CAFCriticLoss(positive_weight=0.0)
+
+
+def _two_groups(shift, n=400, d=4, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    f = torch.randn(2 * n, d, generator=g, dtype=torch.float64)
+    strong = torch.arange(2 * n) < n
+    f[strong, 0] += shift
+    return f, strong
+
+
+def test_collapse_eigenvalue_matches_scipy():
+    scipy_linalg = pytest.importorskip("scipy.linalg")
+    import numpy as np
+    f, strong = _two_groups(1.5, n=60, d=5)
+    fs, fw = f[strong].numpy(), f[~strong].numpy()
+    cs, cw = np.cov(fs.T), np.cov(fw.T)
+    dmu = (fs.mean(0) - fw.mean(0))[:, None]
+    s_ss = 2 * cs
+    s_ss = s_ss + 1e-3 * np.diag(s_ss).mean() * np.eye(5)
+    want = scipy_linalg.eigh(cs + cw + dmu @ dmu.T, s_ss, eigvals_only=True)[-1]
+    assert collapse_eigenvalue(f, strong).item() == pytest.approx(want, rel=1e-9)
+    # two identical distributions: about 1; a mean shift m along one axis: about 1 + m^2 / 2
+    assert collapse_eigenvalue(*_two_groups(0.0, n=4000))  == pytest.approx(1.0, abs=0.1)
+    assert collapse_eigenvalue(*_two_groups(3.0, n=4000)) == pytest.approx(5.5, rel=0.1)
+    with pytest.raises(ValueError, match="two strong"):
+        collapse_eigenvalue(f[:3], torch.tensor([True, False, False]))
+
+
+def test_collapse_eigenvalue_held_out_removes_the_small_sample_bias():
+    # 60 dimensions of pure noise, 300 samples: identical groups, true value 1
+    g = torch.Generator().manual_seed(0)
+    f = torch.randn(300, 60, generator=g, dtype=torch.float64)
+    f2 = torch.randn(300, 60, generator=g, dtype=torch.float64)
+    strong = torch.arange(300) % 2 == 0
+    in_sample = collapse_eigenvalue(f, strong).item()
+    held_out = collapse_eigenvalue(f, strong, validate=(f2, strong)).item()
+    assert in_sample > 2.5 and held_out < 1.5
+    # a real mean shift (true value 1 + m^2 / 2 = 5.5) survives the held-out check above the
+    # collapse threshold 2; the held-out value is conservative (the fitted direction is noisy)
+    f[strong, 0] += 3.0
+    f2[strong, 0] += 3.0
+    shifted = collapse_eigenvalue(f, strong, validate=(f2, strong)).item()
+    assert 2.0 < shifted < 5.5 < collapse_eigenvalue(f, strong).item()
+
+
+@pytest.mark.parametrize("shift,weight,collapses", [(0.5, 1.0, True), (3.0, 1.0, False), (0.5, 0.25, False)])
+def test_linear_critic_collapses_exactly_when_the_eigenvalue_is_below_2w(shift, weight, collapses):
+    """Eq. 7 on a linear critic z = W f: W -> 0 iff lambda_max(S_sw, S_ss) <= 2 w (see collapse_eigenvalue)."""
+    f, strong = _two_groups(shift, n=64)
+    lam = collapse_eigenvalue(f, strong).item()
+    assert (lam <= 2 * weight) == collapses
+    torch.manual_seed(0)
+    critic = torch.nn.Linear(4, 8).double()
+    loss_fn = CAFCriticLoss(margin="constant", kappa=0.2, positive_weight=weight)
+    opt = torch.optim.Adam(critic.parameters(), lr=1e-2)
+    spread0 = critic(f).std(0).mean().item()
+    for _ in range(600):
+        loss = loss_fn(critic(f), strong)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    spread = critic(f).std(0).mean().item()
+    assert (spread < 0.02 * spread0) == collapses, (lam, spread0, spread)
 
 
 def test_caf_critic_chi2_regulariser_matches_reference():

@@ -35,6 +35,10 @@ Choices the paper leaves open (documented, each an option):
 * ``pairs="code"``: the official code's fixed pairs ``(s_i, s_{-i-1})`` positive and
   ``(s_i, w_{-i-1})`` negative after truncating both groups to equal size.
 * The margin is a detached (no-gradient) quantity by default, like a hyperparameter set per batch.
+* ``positive_weight`` (1 = Eq. 7 as printed) scales the same-group pull. Near a collapsed critic
+  (all ``z`` equal) Eq. 7 is, for a linear critic ``z = W f``, ``tr(W (w S_ss - S_sw / 2) W^T)`` with
+  ``S_ss``/``S_sw`` the second moments of strong-strong / strong-weak feature differences: the
+  collapse is stable unless some direction has ``S_sw / S_ss > 2 w`` (the notebook measures this).
 """
 from __future__ import annotations
 
@@ -109,7 +113,7 @@ class CAFCriticLoss(nn.Module):
     def __init__(self, margin: str = "delta", kappa: float = 0.2, kappa0: float = 0.1,
                  kappa_slope: float = 5e-3, c: float = 0.05, bandwidth: float | None = None,
                  mi_max: float = 2.5, pairs: str = "all", chi2_weight: float = 0.0,
-                 detach_margin: bool = True):
+                 detach_margin: bool = True, positive_weight: float = 1.0):
         super().__init__()
         if margin not in MARGINS:
             raise ValueError(f"unknown margin {margin!r}; use one of {MARGINS}")
@@ -117,9 +121,12 @@ class CAFCriticLoss(nn.Module):
             raise ValueError(f"unknown pairs {pairs!r}; use one of {PAIRS}")
         if c <= 0:
             raise ValueError(f"the confidence parameter c must be > 0, got {c}")
+        if not positive_weight > 0:
+            raise ValueError(f"positive_weight must be > 0 (1 = Eq. 7 as printed), got {positive_weight}")
         self.margin, self.kappa, self.kappa0, self.kappa_slope = margin, kappa, kappa0, kappa_slope
         self.c, self.bandwidth, self.mi_max, self.pairs = c, bandwidth, mi_max, pairs
         self.chi2_weight, self.detach_margin = chi2_weight, detach_margin
+        self.positive_weight = float(positive_weight)
         self.last: dict[str, torch.Tensor] = {}
 
     def adaptive_margin(self, z_s: torch.Tensor, z_w: torch.Tensor, cross_d2: torch.Tensor,
@@ -166,7 +173,7 @@ class CAFCriticLoss(nn.Module):
         pos_term = (d2 * pos_mask).sum() / n_pos
         hinge = torch.relu(alpha - d2) * neg_mask
         neg_term = 0.5 * hinge.sum() / n_neg
-        loss = pos_term + neg_term
+        loss = self.positive_weight * pos_term + neg_term
         if self.chi2_weight:
             # Eq. 3's third term on f_cont: f = -D^2 on same-group pairs, +hinge on cross pairs
             f2 = (d2.pow(2) * pos_mask).sum() + hinge.pow(2).sum()
@@ -189,3 +196,46 @@ class CAFCriticLoss(nn.Module):
         pos[s, s] = False  # (s_i, s_i) in the middle of an odd group has zero distance: dropped
         neg[s, w[m - 1 - ar]] = True
         return pos, neg
+
+
+def _pair_moments(f: torch.Tensor, strong: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(S_ss, S_sw)``: second moments of strong-strong and strong-weak feature differences."""
+    if f.ndim != 2 or strong.shape != (f.shape[0],):
+        raise ValueError(f"need features (N, D) and a (N,) strong mask, got {tuple(f.shape)} and {tuple(strong.shape)}")
+    if int(strong.sum()) < 2 or int((~strong).sum()) < 2:
+        raise ValueError("collapse_eigenvalue needs at least two strong and two weak samples")
+    fs, fw = f[strong], f[~strong]
+    d = f.shape[1]
+    cov_s, cov_w = torch.cov(fs.T).reshape(d, d), torch.cov(fw.T).reshape(d, d)
+    dmu = (fs.mean(0) - fw.mean(0))[:, None]
+    return 2 * cov_s, cov_s + cov_w + dmu @ dmu.T
+
+
+def collapse_eigenvalue(features: torch.Tensor, strong: torch.Tensor, ridge: float = 1e-3,
+                        validate: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    """Largest generalised eigenvalue of ``(S_sw, S_ss)`` on ``features`` ``(N, D)``: the collapse test.
+
+    ``S_ss = 2 Cov_s`` is the second moment of strong-strong feature differences and
+    ``S_sw = Cov_s + Cov_w + (mu_s - mu_w)(mu_s - mu_w)^T`` that of strong-weak differences. For a
+    linear critic ``z = W f`` with every cross pair inside the margin, Eq. 7 equals
+    ``tr(W (w S_ss - S_sw / 2) W^T) + alpha / 2`` (``w`` = ``positive_weight``), so the collapsed
+    critic ``W = 0`` is a stable minimum exactly when this eigenvalue is ``<= 2 w``. ``ridge`` (times
+    the mean variance) regularises ``S_ss`` when ``D`` approaches the number of samples.
+
+    With many dimensions and few samples the in-sample eigenvalue is biased upwards (the top
+    direction fits noise). ``validate=(features2, strong2)``: take the top direction from
+    ``features`` and return its ratio ``u^T S_sw u / u^T S_ss u`` on the held-out ``features2``.
+    """
+    f = features.detach().double()
+    s_ss, s_sw = _pair_moments(f, strong.to(f.device).bool())
+    eye = torch.eye(f.shape[1], dtype=f.dtype, device=f.device)
+    s_ss = s_ss + ridge * float(torch.diagonal(s_ss).mean().clamp_min(1e-12)) * eye
+    chol = torch.linalg.cholesky(s_ss)
+    inv = torch.linalg.solve_triangular(chol, eye, upper=False)
+    values, vectors = torch.linalg.eigh(inv @ s_sw @ inv.T)
+    if validate is None:
+        return values[-1]
+    u = inv.T @ vectors[:, -1]                       # top generalised eigenvector in feature space
+    f2 = validate[0].detach().double().to(f.device)
+    v_ss, v_sw = _pair_moments(f2, validate[1].to(f.device).bool())
+    return (u @ v_sw @ u) / (u @ v_ss @ u).clamp_min(1e-30)
