@@ -127,6 +127,28 @@ def test_triplet_matches_loop_and_pml(power):
     assert ours.item() == pytest.approx(pml(x, y).item(), rel=1e-6)
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("margin", [0.0, 0.3, 5.0])
+def test_triplet_sorted_path_matches_explicit_triplets_value_and_gradient(dtype, margin):
+    g = torch.Generator().manual_seed(7)
+    x = torch.randn(40, 6, generator=g, dtype=dtype)
+    x[5] = x[6]                                           # ties between distances
+    y = torch.randint(0, 4, (40,), generator=g)
+    y[:3] = -1                                            # unlabelled rows take no part
+    for reduction in ("mean", "sum"):
+        xa = x.clone().requires_grad_(True)
+        xb = x.clone().requires_grad_(True)
+        fast = TripletLoss(margin=margin, reduction=reduction)(xa, y)
+        per = TripletLoss(margin=margin, reduction="none")(xb, y)
+        slow = per.mean() if reduction == "mean" else per.sum()
+        fast.backward()
+        slow.backward()
+        tol = 1e-10 if dtype == torch.float64 else 1e-4
+        assert fast.dtype == dtype
+        assert fast.item() == pytest.approx(slow.item(), rel=tol, abs=tol)
+        assert torch.allclose(xa.grad, xb.grad, rtol=tol, atol=tol)
+
+
 def test_triplet_explicit_triplets_and_reductions():
     x, y = batch()
     loss = TripletLoss(margin=1.0, reduction="none")
