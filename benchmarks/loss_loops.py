@@ -148,8 +148,11 @@ def case_cosface(x, y, c):
 
 
 def case_caf_critic(x, y, c):
-    """All-pairs critic loss (Eq. 6-7) with the margin the vectorised loss computed (the margin's
-    own k-NN search is timed inside the vectorised version only)."""
+    """All-pairs critic loss (Eq. 6-7) with its adaptive margin (Eq. 5, 8), both computed in the loop
+    version as a loop reference would: pairs one anchor at a time, MI one latent dimension at a
+    time, ``K`` by walking the sorted strong-weak distances until ``d_(k) >= MI + Delta(N, k)``."""
+    import math
+
     from fer_nb.losses.caf_critic import CAFCriticLoss
 
     z = x[:, :16].contiguous()
@@ -159,12 +162,21 @@ def case_caf_critic(x, y, c):
     def vec():
         return loss(z, strong)
 
-    vec()
-    alpha = float(loss.last["alpha"])
-
     def loop():
-        pos, n_pos, hinge, n_neg = 0.0, 0, 0.0, 0
-        for i in range(len(z)):
+        n = len(z)
+        zs, zw = z[strong], z[~strong]
+        sigma = float(z.abs().median().clamp_min(1e-3))
+        ms, mw = [], []
+        for k in range(z.shape[1]):   # group means of the Gaussian-kernel features, per dimension
+            ms.append(float(torch.exp(-zs[:, k].pow(2) / (2 * sigma**2)).mean()))
+            mw.append(float(torch.exp(-zw[:, k].pow(2) / (2 * sigma**2)).mean()))
+        am, bm = sum(ms) / len(ms), sum(mw) / len(mw)
+        cov = sum((p - am) * (q - bm) for p, q in zip(ms, mw))
+        den = math.sqrt(sum((p - am) ** 2 for p in ms) * sum((q - bm) ** 2 for q in mw))
+        eta = cov / den if den > 1e-12 else 0.0
+        mi = min(max(-0.5 * math.log1p(-min(eta * eta, 1 - 1e-6)), 0.0), 2.5)
+        pos, n_pos, cross = 0.0, 0, []
+        for i in range(n):
             if not strong[i]:
                 continue
             d = (z - z[i]).pow(2).sum(1)
@@ -172,9 +184,17 @@ def case_caf_critic(x, y, c):
             later[i + 1:] = True
             pos = pos + d[strong & later].sum()
             n_pos += int((strong & later).sum())
-            hinge = hinge + F.relu(alpha - d[~strong]).sum()
-            n_neg += int((~strong).sum())
-        return pos / max(n_pos, 1) + 0.5 * hinge / max(n_neg, 1)
+            cross.append(d[~strong])
+        cross = torch.cat(cross)
+        k = 0
+        for value in torch.sort(cross.detach()).values.tolist():
+            if value < mi + math.log(n / 0.05) / (2 * (k + 1)):
+                k += 1
+            else:
+                break
+        alpha = mi + math.log(n / 0.05) / (2 * max(k, 1))
+        hinge = F.relu(alpha - cross).sum()
+        return pos / max(n_pos, 1) + 0.5 * hinge / max(len(cross), 1)
 
     return vec, loop
 
