@@ -149,6 +149,32 @@ def test_triplet_sorted_path_matches_explicit_triplets_value_and_gradient(dtype,
         assert torch.allclose(xa.grad, xb.grad, rtol=tol, atol=tol)
 
 
+@pytest.mark.parametrize("margin", [0.0, 0.5])
+def test_n_plus_one_per_query_path_matches_explicit_negative_mask(margin):
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(36, 5, generator=g, dtype=torch.float64)
+    y = torch.randint(0, 4, (36,), generator=g)
+    y[:2] = -1
+    y[2:6] = 9                                            # a class whose queries still have negatives
+    for reduction in ("mean", "sum", "none"):
+        xa, xb = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+        fast = NPlusOneTupleLoss(margin=margin, reduction=reduction)(xa, y)
+        valid = y >= 0
+        idx = torch.arange(len(y))
+        pairs = ((y[:, None] == y[None, :]) & valid[:, None] & valid[None, :] & (idx[:, None] != idx[None, :])).nonzero()
+        mask = (y[None, :] != y[pairs[:, 0]][:, None]) & valid[None, :]
+        slow = NPlusOneTupleLoss(margin=margin, reduction=reduction)(xb, y, pairs=pairs, negative_mask=mask)
+        assert torch.allclose(fast, slow, rtol=1e-10, atol=1e-12)
+        fast.sum().backward()
+        slow.sum().backward()
+        assert torch.allclose(xa.grad, xb.grad, rtol=1e-9, atol=1e-12)
+    # one class only: no negatives, zero loss, finite zero gradient
+    x1 = x.clone().requires_grad_(True)
+    loss = NPlusOneTupleLoss(margin=margin)(x1, torch.zeros(36, dtype=torch.long))
+    loss.backward()
+    assert loss.item() == 0.0 and torch.isfinite(x1.grad).all()
+
+
 def test_triplet_explicit_triplets_and_reductions():
     x, y = batch()
     loss = TripletLoss(margin=1.0, reduction="none")

@@ -22,7 +22,9 @@ Which tuples ``forward(embeddings, labels, ...)`` forms:
 * ``pairs=(P, 2)`` (query, positive) rows and optionally ``negative_mask=(P, B)`` bool: explicit
   tuples (``negative_mask`` defaults to "all rows with another label").
 
-Label ``-1`` rows are ignored. ``reduction`` "mean" (over tuples), "sum" or "none". The
+Label ``-1`` rows are ignored. ``reduction`` "mean" (over tuples), "sum" or "none". When the
+negatives are the default ones (they depend on the query only), ``sum_j exp(D(f,f+) + tau - D(f,f_j-))
+= exp(D(f,f+) + tau) sum_j exp(-D(f,f_j-))`` needs one ``logsumexp`` per query: ``O(B^2)`` work. The
 ``logsumexp`` form ``log(1 + sum exp z) = logsumexp([0, z])`` is used, so large distances do not
 overflow. With ``margin=0`` and one positive per class used as the other classes' negatives this
 is pytorch-metric-learning's ``NPairsLoss`` with ``distance=LpDistance(normalize_embeddings=False,
@@ -98,6 +100,7 @@ class NPlusOneTupleLoss(nn.Module):
             pairs = same.nonzero()
         elif pairs.ndim != 2 or pairs.shape[1] != 2:
             raise ValueError(f"NPlusOneTupleLoss: pairs must be (P, 2) (query, positive) rows, got {tuple(pairs.shape)}")
+        per_query_negatives = negative_mask is None   # negatives depend on the query only
         if negative_mask is None:
             qlab = labels[pairs[:, 0]]
             negative_mask = (labels[None, :] != qlab[:, None]) & valid[None, :]
@@ -108,6 +111,13 @@ class NPlusOneTupleLoss(nn.Module):
             x = embeddings.to(working_dtype(embeddings))
             d = pairwise_distance(x, x, self.power)  # (B, B) once; each tuple indexes it
             d_qp = d[pairs[:, 0], pairs[:, 1]]
+            if per_query_negatives:
+                # sum_j exp(d_qp + tau - d_qj) = exp(d_qp + tau) * sum_j exp(-d_qj): one logsumexp per
+                # query over its negatives, O(B^2) instead of a (P, B) tensor
+                other = (labels[:, None] != labels[None, :]) & valid[None, :]
+                lse = torch.logsumexp((-d).masked_fill(~other, float("-inf")), 1)   # (B,), -inf: no negative
+                per = torch.logaddexp(torch.zeros_like(d_qp), d_qp + self.margin + lse[pairs[:, 0]])
+                return reduce_values(per, self.reduction, x)
             d_qn = d[pairs[:, 0]]  # (P, B)
             z = d_qp[:, None] + self.margin - d_qn
             z = z.masked_fill(~negative_mask, float("-inf"))
