@@ -213,6 +213,19 @@ def test_margin_count_falls_as_groups_separate():
     assert ks == sorted(ks, reverse=True) and ks[0] > ks[-1] == 1
 
 
+def test_margin_count_histogram_matches_the_sorted_definition():
+    """K = #{k : d_(k) < base + log(N/c) / (2k)} on sorted distances, against the O(M) histogram form."""
+    g = torch.Generator().manual_seed(0)
+    for _ in range(300):
+        m = int(torch.randint(1, 300, (1,), generator=g))
+        d = torch.rand(m, generator=g, dtype=torch.float64) * float(torch.rand(1, generator=g)) * 10
+        base = torch.tensor(float(torch.rand(1, generator=g)) * 3, dtype=torch.float64)
+        n = int(torch.randint(2, 300, (1,), generator=g))
+        srt = torch.sort(d).values
+        want = sum(1 for k, v in enumerate(srt.tolist(), 1) if v < float(base) + math.log(n / 0.05) / (2 * k))
+        assert int(margin_count(d, base, n)) == max(want, 1)
+
+
 def test_caf_critic_gradcheck():
     z, lab = _batch(n=8, d=3, seed=1)
     z.requires_grad_(True)
