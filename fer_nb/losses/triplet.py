@@ -109,18 +109,18 @@ class TripletLoss(nn.Module):
         same = (y[:, None] == y[None, :]) & valid[:, None] & valid[None, :] & (idx[:, None] != idx[None, :])
         diff = (y[:, None] != y[None, :]) & valid[:, None] & valid[None, :]
         n_triplets = (same.sum(1) * diff.sum(1)).sum()
-        if int(n_triplets) == 0:
-            return x.sum() * 0.0
         d64 = d.double()
-        big = float(d64.detach().max()) + abs(self.margin) + 1.0   # above every threshold t: never counted
-        neg = torch.where(diff, d64, torch.full_like(d64, big))
+        # above every threshold t, so never counted; a tensor (no .item()), which keeps torch.func.vmap working
+        big = d64.detach().amax() + abs(self.margin) + 1.0
+        neg = torch.where(diff, d64, big.expand_as(d64))
         neg_sorted, _ = torch.sort(neg, dim=1)
         prefix = F.pad(torch.cumsum(neg_sorted, dim=1), (1, 0))      # prefix[:, k] = sum of the k smallest
         t = d64 + self.margin                                          # t[a, p] = D_ap + tau
         k = torch.searchsorted(neg_sorted.detach().contiguous(), t.detach().contiguous())  # #{n: D_an < t}
         per_pair = k.to(d64.dtype) * t - torch.gather(prefix, 1, k)   # sum_n relu(t - D_an) for each (a, p)
         total = (per_pair * same).sum()
-        out = total if self.reduction == "sum" else total / n_triplets.to(d64.dtype)
+        # no triplet: total is an exact 0 still connected to the graph, and the mean divides by 1
+        out = total if self.reduction == "sum" else total / n_triplets.clamp_min(1).to(d64.dtype)
         return out.to(d.dtype)
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor,
