@@ -8,6 +8,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 
@@ -28,8 +29,27 @@ def _atomic_write(path: Path, write) -> Path:
     return path
 
 
+def _plain_scalars(obj: Any) -> Any:
+    """NumPy scalars (e.g. an lr set with ``np.cos``) become Python numbers, recursively: a
+    ``weights_only`` load refuses NumPy globals, so they would make a checkpoint unloadable."""
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, dict):
+        out = type(obj)((k, _plain_scalars(v)) for k, v in obj.items())
+        if hasattr(obj, "_metadata"):          # module state_dicts carry their version metadata
+            out._metadata = obj._metadata
+        return out
+    if isinstance(obj, list):
+        return [_plain_scalars(v) for v in obj]
+    if isinstance(obj, tuple) and not hasattr(obj, "_fields"):
+        return tuple(_plain_scalars(v) for v in obj)
+    return obj
+
+
 def save_torch(obj: Any, path: str | os.PathLike) -> Path:
-    """``torch.save`` to ``path`` atomically."""
+    """``torch.save`` to ``path`` atomically; NumPy scalars are stored as Python numbers so that
+    :func:`load_torch` (``weights_only=True``) can read every checkpoint back."""
+    obj = _plain_scalars(obj)
     return _atomic_write(Path(path), lambda fh: torch.save(obj, fh))
 
 

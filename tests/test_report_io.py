@@ -101,3 +101,20 @@ def test_torch_load_is_weights_only(tmp_path):
     torch.save({"x": Evil()}, tmp_path / "evil.pt")
     with pytest.raises(Exception):
         io.load_torch(tmp_path / "evil.pt")
+
+
+def test_checkpoints_with_numpy_scalars_still_load_weights_only(tmp_path):
+    """An lr set with np.cos (a NumPy scalar in the optimizer state) must not make a checkpoint unloadable."""
+    import numpy as np
+    from fer_nb.io import load_torch, save_torch
+
+    net = torch.nn.BatchNorm1d(3)
+    opt = torch.optim.Adam(net.parameters(), lr=0.1)
+    opt.param_groups[0]["lr"] = 0.1 * 0.5 * (1 + np.cos(np.pi * 0.25))
+    path = save_torch({"model": net.state_dict(), "opt": opt.state_dict(), "step": np.int64(3),
+                       "pair": (np.float32(1.5), [np.bool_(True)])}, tmp_path / "ckpt.pt")
+    back = load_torch(path)
+    assert back["opt"]["param_groups"][0]["lr"] == pytest.approx(0.1 * 0.5 * (1 + np.cos(np.pi * 0.25)))
+    assert type(back["step"]) is int and back["pair"] == (1.5, [True])
+    assert back["model"]._metadata == net.state_dict()._metadata
+    torch.nn.BatchNorm1d(3).load_state_dict(back["model"])
