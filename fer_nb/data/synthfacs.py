@@ -693,6 +693,7 @@ def stream(batch_size: int, *, seed: int = 0, start: int = 0, device: str | torc
     image_size = kwargs.get("image_size", 64)
     channels = _check_common(domain, image_size, kwargs.get("n_subjects", 40), kwargs.get("subject_offset", 0),
                              kwargs.get("channels"))
+    wild_severity = _check_severity(kwargs.get("wild_severity", 1.0))
     pos = start
     while True:
         s = sample_params(batch_size, seed=seed, start=pos, domain=domain, n_subjects=kwargs.get("n_subjects", 40),
@@ -700,7 +701,7 @@ def stream(batch_size: int, *, seed: int = 0, start: int = 0, device: str | torc
                           class_priors=kwargs.get("class_priors", "uniform"),
                           label_noise=float(kwargs.get("label_noise", 0.0)),
                           with_contempt=kwargs.get("with_contempt", False),
-                          wild_severity=_check_severity(kwargs.get("wild_severity", 1.0)))
+                          wild_severity=wild_severity)
         img = render(_to_device(s["params"], device), image_size, channels, domain == "wild")
         batch = {"image": img.float().div_(255.0)}
         batch.update({k: v.to(device) for k, v in _labels(batch_size, s["label"], s["aus"], s["va"], s["subject"],

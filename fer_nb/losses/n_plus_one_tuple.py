@@ -35,7 +35,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from fer_nb.losses.triplet import check_batch, check_reduction, pairwise_distance, reduce_values, working_dtype
+from fer_nb.losses.triplet import (check_batch, check_reduction, pairwise_distance, positive_negative_masks,
+                                   reduce_values, working_dtype)
 
 
 def group_queries(groups: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -90,20 +91,17 @@ class NPlusOneTupleLoss(nn.Module):
         check_batch(embeddings, labels, "NPlusOneTupleLoss")
         b = len(labels)
         valid = labels >= 0
-        idx = torch.arange(b, device=labels.device)
         if groups is not None:
             if pairs is not None:
                 raise ValueError("NPlusOneTupleLoss: pass either groups or pairs, not both")
             pairs, negative_mask = self.tuples_from_groups(labels, groups)
         elif pairs is None:
-            same = (labels[:, None] == labels[None, :]) & valid[:, None] & valid[None, :] & (idx[:, None] != idx[None, :])
-            pairs = same.nonzero()
+            pairs = positive_negative_masks(labels)[0].nonzero()
         elif pairs.ndim != 2 or pairs.shape[1] != 2:
             raise ValueError(f"NPlusOneTupleLoss: pairs must be (P, 2) (query, positive) rows, got {tuple(pairs.shape)}")
         per_query_negatives = negative_mask is None   # negatives depend on the query only
-        if negative_mask is None:
-            qlab = labels[pairs[:, 0]]
-            negative_mask = (labels[None, :] != qlab[:, None]) & valid[None, :]
+        if per_query_negatives:
+            other = (labels[:, None] != labels[None, :]) & valid[None, :]   # row q: the negatives of query q
         elif negative_mask.shape != (len(pairs), b):
             raise ValueError(f"NPlusOneTupleLoss: negative_mask must be (P, B) = ({len(pairs)}, {b}), "
                              f"got {tuple(negative_mask.shape)}")
@@ -114,7 +112,6 @@ class NPlusOneTupleLoss(nn.Module):
             if per_query_negatives:
                 # sum_j exp(d_qp + tau - d_qj) = exp(d_qp + tau) * sum_j exp(-d_qj): one logsumexp per
                 # query over its negatives, O(B^2) instead of a (P, B) tensor
-                other = (labels[:, None] != labels[None, :]) & valid[None, :]
                 lse = torch.logsumexp((-d).masked_fill(~other, float("-inf")), 1)   # (B,), -inf: no negative
                 per = torch.logaddexp(torch.zeros_like(d_qp), d_qp + self.margin + lse[pairs[:, 0]])
                 return reduce_values(per, self.reduction, x)

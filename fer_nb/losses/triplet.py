@@ -70,6 +70,15 @@ def reduce_values(values: torch.Tensor, reduction: str, anchor: torch.Tensor) ->
     return values.sum() if reduction == "sum" else values.mean()
 
 
+def positive_negative_masks(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(same, different)`` ``(B, B)`` masks of labelled pairs: same label (``i != j``) / other label."""
+    valid = labels >= 0
+    both = valid[:, None] & valid[None, :]
+    idx = torch.arange(len(labels), device=labels.device)
+    same = (labels[:, None] == labels[None, :]) & both & (idx[:, None] != idx[None, :])
+    return same, (labels[:, None] != labels[None, :]) & both
+
+
 class TripletLoss(nn.Module):
     """Hinge triplet loss over all (or given) triplets of a batch.
 
@@ -93,21 +102,13 @@ class TripletLoss(nn.Module):
     @staticmethod
     def all_triplets(labels: torch.Tensor) -> torch.Tensor:
         """``(T, 3)`` index rows (a, p, n) of every valid triplet of ``labels`` (vectorised)."""
-        y = labels
-        valid = y >= 0
-        idx = torch.arange(len(y), device=y.device)
-        same = (y[:, None] == y[None, :]) & valid[:, None] & valid[None, :] & (idx[:, None] != idx[None, :])
-        diff = (y[:, None] != y[None, :]) & valid[:, None] & valid[None, :]
+        same, diff = positive_negative_masks(labels)
         mask = same[:, :, None] & diff[:, None, :]
         return mask.nonzero()
 
     def _all_triplets_reduced(self, d: torch.Tensor, labels: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """Sum or mean of the hinge over every valid triplet, via sorted negatives (see module docstring)."""
-        y = labels.to(d.device)
-        valid = y >= 0
-        idx = torch.arange(len(y), device=d.device)
-        same = (y[:, None] == y[None, :]) & valid[:, None] & valid[None, :] & (idx[:, None] != idx[None, :])
-        diff = (y[:, None] != y[None, :]) & valid[:, None] & valid[None, :]
+        same, diff = positive_negative_masks(labels.to(d.device))
         n_triplets = (same.sum(1) * diff.sum(1)).sum()
         d64 = d.double()
         # above every threshold t, so never counted; a tensor (no .item()), which keeps torch.func.vmap working
