@@ -44,7 +44,7 @@ import torch.nn.functional as F
 from torch import nn
 from fer_nb.losses.common import check_inputs, reduce, working_dtype
 
-__all__ = ["AngularMarginLoss", "OVERFLOWS", "REDUCTIONS", "angular_margin_logits", "cosine_logits"]
+__all__ = ["AngularMarginLoss", "CosineClassifierLoss", "OVERFLOWS", "REDUCTIONS", "angular_margin_logits", "cosine_logits"]
 
 REDUCTIONS = ("mean", "sum", "none")
 OVERFLOWS = ("arcface", "easy", "none")
@@ -87,7 +87,51 @@ def angular_margin_logits(cosine: torch.Tensor, labels: torch.Tensor, scale: flo
     return scale * torch.where(onehot, with_margin, c)
 
 
-class AngularMarginLoss(nn.Module):
+class CosineClassifierLoss(nn.Module):
+    """Cross-entropy over scaled cosines ``s cos rho_j`` to learned class weights (Eq. 13-14, 18), the
+    shared body of :class:`AngularMarginLoss` and :class:`fer_nb.losses.cosface.CosFaceLoss`.
+
+    ``weight`` is ``(num_classes, embedding_dim)`` (no bias). Subclasses put their margin on the
+    ground-truth class in :meth:`margin_logits`; :meth:`logits` without labels is margin-free.
+    """
+
+    def __init__(self, embedding_dim: int, num_classes: int, scale: float, reduction: str):
+        super().__init__()
+        if num_classes < 1 or embedding_dim < 1:
+            raise ValueError(f"num_classes and embedding_dim must be >= 1, got {num_classes}, {embedding_dim}")
+        if reduction not in REDUCTIONS:
+            raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+        if not scale > 0:
+            raise ValueError(f"scale s must be > 0, got {scale}")
+        self.embedding_dim, self.num_classes = int(embedding_dim), int(num_classes)
+        self.scale, self.reduction = float(scale), reduction
+        self.weight = nn.Parameter(torch.empty(num_classes, embedding_dim))
+        nn.init.xavier_normal_(self.weight)
+
+    def cosine(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """``(B, C)`` cosines ``cos rho_j`` (Eq. 14)."""
+        return cosine_logits(embeddings, self.weight)
+
+    def margin_logits(self, cosine: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Scaled logits with the subclass's margin on each row's ground-truth class."""
+        raise NotImplementedError(f"{type(self).__name__} must define margin_logits(cosine, labels)")
+
+    def logits(self, embeddings: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """``s cos rho_j`` (Eq. 13); with ``labels`` the ground-truth class gets the margin."""
+        with torch.autocast(embeddings.device.type, enabled=False):
+            cos = self.cosine(embeddings)
+            return self.scale * cos if labels is None else self.margin_logits(cos, labels)
+
+    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        check_inputs(embeddings, labels, self.num_classes, self.embedding_dim, type(self).__name__)
+        valid = labels >= 0
+        with torch.autocast(embeddings.device.type, enabled=False):
+            logits = self.logits(embeddings, labels)
+            per = F.cross_entropy(logits, labels.clamp_min(0), reduction="none")
+            return reduce(per, valid, self.reduction)
+
+
+class AngularMarginLoss(CosineClassifierLoss):
     """Angular softmax output layer + cross-entropy, with additive angular margin (Eq. 12-16, 18).
 
     Args:
@@ -106,43 +150,20 @@ class AngularMarginLoss(nn.Module):
 
     def __init__(self, embedding_dim: int, num_classes: int = 2, scale: float = 64.0, margin: float = 0.5,
                  overflow: str = "arcface", reduction: str = "mean"):
-        super().__init__()
-        if num_classes < 1 or embedding_dim < 1:
-            raise ValueError(f"num_classes and embedding_dim must be >= 1, got {num_classes}, {embedding_dim}")
-        if reduction not in REDUCTIONS:
-            raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
         if overflow not in OVERFLOWS:
             raise ValueError(f"overflow must be one of {OVERFLOWS}, got {overflow!r}")
-        if not scale > 0:
-            raise ValueError(f"scale s must be > 0, got {scale}")
         if not 0.0 <= margin < math.pi:
             raise ValueError(f"margin m is an angle in radians in [0, pi), got {margin} "
                              f"(pytorch-metric-learning's ArcFaceLoss takes degrees: use math.radians)")
-        self.embedding_dim, self.num_classes = int(embedding_dim), int(num_classes)
-        self.scale, self.margin, self.overflow, self.reduction = float(scale), float(margin), overflow, reduction
-        self.weight = nn.Parameter(torch.empty(num_classes, embedding_dim))
-        nn.init.xavier_normal_(self.weight)
+        super().__init__(embedding_dim, num_classes, scale, reduction)
+        self.margin, self.overflow = float(margin), overflow
 
     def extra_repr(self) -> str:
         return (f"embedding_dim={self.embedding_dim}, num_classes={self.num_classes}, scale={self.scale}, "
                 f"margin={self.margin}, overflow={self.overflow!r}, reduction={self.reduction!r}")
 
-    def cosine(self, embeddings: torch.Tensor) -> torch.Tensor:
-        """``(B, C)`` cosines ``cos rho_j`` (Eq. 14)."""
-        return cosine_logits(embeddings, self.weight)
-
-    def logits(self, embeddings: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        """``s cos rho_j`` (Eq. 13); with ``labels`` the ground-truth class gets the margin (Eq. 15-16)."""
-        with torch.autocast(embeddings.device.type, enabled=False):
-            cos = self.cosine(embeddings)
-            if labels is None or self.margin == 0.0:
-                return self.scale * cos
-            return angular_margin_logits(cos, labels, self.scale, self.margin, self.overflow)
-
-    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        check_inputs(embeddings, labels, self.num_classes, self.embedding_dim, type(self).__name__)
-        valid = labels >= 0
-        with torch.autocast(embeddings.device.type, enabled=False):
-            logits = self.logits(embeddings, labels)
-            per = F.cross_entropy(logits, labels.clamp_min(0), reduction="none")
-            return reduce(per, valid, self.reduction)
+    def margin_logits(self, cosine: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """``s cos(rho_j + m [j == y])`` (Eq. 15-16); ``m = 0`` is the plain angular softmax (Eq. 13)."""
+        if self.margin == 0.0:
+            return self.scale * cosine
+        return angular_margin_logits(cosine, labels, self.scale, self.margin, self.overflow)

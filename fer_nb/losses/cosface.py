@@ -19,10 +19,8 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from fer_nb.losses.angular_margin import REDUCTIONS, check_inputs, cosine_logits
-from fer_nb.losses.common import reduce
+from fer_nb.losses.angular_margin import CosineClassifierLoss
 
 __all__ = ["CosFaceLoss", "cosface_logits"]
 
@@ -34,7 +32,7 @@ def cosface_logits(cosine: torch.Tensor, labels: torch.Tensor, scale: float = 64
     return scale * (cosine - margin * onehot)
 
 
-class CosFaceLoss(nn.Module):
+class CosFaceLoss(CosineClassifierLoss):
     """Large margin cosine loss with learned class weights ``(num_classes, embedding_dim)``.
 
     Args:
@@ -49,38 +47,15 @@ class CosFaceLoss(nn.Module):
 
     def __init__(self, embedding_dim: int, num_classes: int, scale: float = 64.0, margin: float = 0.35,
                  reduction: str = "mean"):
-        super().__init__()
-        if num_classes < 1 or embedding_dim < 1:
-            raise ValueError(f"num_classes and embedding_dim must be >= 1, got {num_classes}, {embedding_dim}")
-        if reduction not in REDUCTIONS:
-            raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
-        if not scale > 0:
-            raise ValueError(f"scale s must be > 0, got {scale}")
         if not 0.0 <= margin <= 2.0:
             raise ValueError(f"cosine margin m must lie in [0, 2], got {margin}")
-        self.embedding_dim, self.num_classes = int(embedding_dim), int(num_classes)
-        self.scale, self.margin, self.reduction = float(scale), float(margin), reduction
-        self.weight = nn.Parameter(torch.empty(num_classes, embedding_dim))
-        nn.init.xavier_normal_(self.weight)
+        super().__init__(embedding_dim, num_classes, scale, reduction)
+        self.margin = float(margin)
 
     def extra_repr(self) -> str:
         return (f"embedding_dim={self.embedding_dim}, num_classes={self.num_classes}, scale={self.scale}, "
                 f"margin={self.margin}, reduction={self.reduction!r}")
 
-    def cosine(self, embeddings: torch.Tensor) -> torch.Tensor:
-        return cosine_logits(embeddings, self.weight)
-
-    def logits(self, embeddings: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        with torch.autocast(embeddings.device.type, enabled=False):
-            cos = self.cosine(embeddings)
-            if labels is None:
-                return self.scale * cos
-            return cosface_logits(cos, labels, self.scale, self.margin)
-
-    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        check_inputs(embeddings, labels, self.num_classes, self.embedding_dim, type(self).__name__)
-        valid = labels >= 0
-        with torch.autocast(embeddings.device.type, enabled=False):
-            logits = self.logits(embeddings, labels)
-            per = F.cross_entropy(logits, labels.clamp_min(0), reduction="none")
-            return reduce(per, valid, self.reduction)
+    def margin_logits(self, cosine: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """``s (cos rho_j - m [j == y])``."""
+        return cosface_logits(cosine, labels, self.scale, self.margin)
