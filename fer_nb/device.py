@@ -2,8 +2,13 @@
 from __future__ import annotations
 
 import contextlib
+import os
 
 import torch
+
+#: set to ``1`` to run the CPU paths under bf16 autocast, as CUDA runs do (the tests use it so a
+#: bf16/fp32 mismatch fails on a machine without a GPU)
+CPU_BF16_ENV = "FER_NB_CPU_BF16"
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
 
@@ -31,14 +36,24 @@ def pick_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
+def cpu_bf16() -> bool:
+    """Whether CPU runs use bf16 autocast too (``FER_NB_CPU_BF16=1``; off by default)."""
+    return os.environ.get(CPU_BF16_ENV, "") not in ("", "0")
+
+
 def autocast(device: torch.device, enabled: bool = True):
     """bf16 autocast on CUDA (safe for the book's convnets and losses); a no-op elsewhere.
 
     Losses that need full precision (distances, logs, Gram matrices) cast their inputs with
-    ``.float()`` themselves, so autocast only speeds up the convolutions and matmuls.
+    ``.float()`` themselves, so autocast only speeds up the convolutions and matmuls. With
+    ``FER_NB_CPU_BF16=1`` the CPU runs under bf16 autocast as well, so the tests catch a bf16/fp32
+    mismatch (a float head fed bf16 features) without a GPU.
     """
+    device = torch.device(device)
     if enabled and device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
+    if enabled and device.type == "cpu" and cpu_bf16():
+        return torch.autocast("cpu", dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 

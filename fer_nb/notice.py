@@ -1,0 +1,44 @@
+"""What a reader should make of a page's numbers at each scale, shown under the set-up cell."""
+from __future__ import annotations
+
+from fer_nb.report import RESULTS
+
+SCALE_MEANING = {
+    "smoke": ("The numbers on this page only show that the pipeline runs",
+              "At `smoke` every experiment trains for seconds on a few hundred images, so the "
+              "tables and figures below test the code, not the method. The recorded runs "
+              "(`small` or larger, several seeds) are the results to read."),
+    "small": ("CPU scale: orderings of methods over seeds",
+              "At `small` the networks and schedules are cut to fit a CPU; read the ordering of the "
+              "methods and the spread over seeds, not the absolute numbers."),
+    "gpu": ("One-GPU scale: the papers' networks, schedules cut to minutes",
+            "At `gpu` the papers' networks, input sizes and batch sizes run with schedules cut so "
+            "each chapter finishes in about 10 minutes on one H100-class GPU (see the Deviations box)."),
+    "paper": ("The papers' own schedules", "At `paper` the schedules are the published ones."),
+}
+
+
+def recorded_runs(notebook: str) -> list[str]:
+    """File names of the recorded runs of ``notebook`` under ``results/<notebook>/``."""
+    folder = RESULTS / notebook
+    return sorted(p.name for p in folder.glob("*.json")) if folder.is_dir() else []
+
+
+def scale_notice_text(cfg) -> str:
+    """Markdown of the notice for ``cfg.scale`` (and the recorded runs that exist)."""
+    title, body = SCALE_MEANING[cfg.scale]
+    runs = recorded_runs(cfg.notebook)
+    where = (f" Recorded runs of this chapter: {', '.join(f'`results/{cfg.notebook}/{r}`' for r in runs)}."
+             if runs else "")
+    return f"**{title}.** {body}{where}"
+
+
+def scale_notice(cfg) -> None:
+    """Display the notice for ``cfg.scale`` (plain print outside IPython)."""
+    text = scale_notice_text(cfg)
+    try:
+        from IPython.display import Markdown, display
+
+        display(Markdown(f"> {text}"))
+    except ImportError:
+        print(text)
