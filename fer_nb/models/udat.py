@@ -85,7 +85,7 @@ class DomainClassifier(nn.Module):
         h = self.pre_output(features)
         if self.head == "softmax":
             with torch.autocast(h.device.type, enabled=False):  # the float head reads bf16 features under autocast
-                logits = self.out(h.float())
+                logits = self.out(h.to(self.out.weight.dtype))
                 return F.cross_entropy(logits.to(working_dtype(logits)), domains)
         return self.out(h, domains)
 
