@@ -223,7 +223,9 @@ def resolve(
             raise ValueError(f"SEEDS must be >= 1, got {seeds}")
         seed_list = tuple(range(seeds))
     else:
-        if not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
+        if not seeds:
+            raise ValueError("SEEDS is an empty list; give at least one seed, e.g. SEEDS=[0] or SEEDS=1")
+        if not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
             raise TypeError(f"SEEDS as a list must hold ints, got {seeds!r}")
         if len(set(seeds)) != len(seeds):
             raise ValueError(f"SEEDS lists a seed twice: {list(seeds)}; give distinct seeds")

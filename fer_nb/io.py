@@ -151,8 +151,8 @@ def load_torch(path: str | os.PathLike, map_location: Any = "cpu") -> Any:
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
-        m = re.search(r"Unsupported global: GLOBAL [\w.]+", str(exc))
-        reason = m.group(0) if m else ""
+        m = re.search(r"GLOBAL ([\w.]+)", str(exc))
+        reason = f"it refers to {m.group(1)}" if m else ""
         raise CheckpointError(
             f"checkpoint {path} holds Python objects other than tensors and plain containers "
             f"({reason or 'refused by the weights-only loader'}), so it was not written by fer_nb and was "
@@ -177,13 +177,15 @@ def _json_default(value: Any) -> Any:
         return str(value)
     if isinstance(value, tuple):
         return list(value)
-    raise TypeError(f"cannot write {type(value).__name__} to JSON")
+    raise TypeError(f"cannot write a {type(value).__name__} to JSON; store numbers, strings, lists or dicts "
+                    f"(convert it first, e.g. float(x) or str(x))")
 
 
 def check_finite(obj: Any, where: str = "") -> None:
     """Raise ``ValueError`` if any float inside ``obj`` is NaN or infinite."""
     if isinstance(obj, float) and not math.isfinite(obj):
-        raise ValueError(f"non-finite number {obj} at {where or 'top level'}")
+        raise ValueError(f"non-finite number {obj} at {where or 'top level'}; results must be finite numbers "
+                         f"(report a method that did not converge as the string 'nc')")
     if isinstance(obj, dict):
         for k, v in obj.items():
             check_finite(v, f"{where}.{k}" if where else str(k))
@@ -193,7 +195,9 @@ def check_finite(obj: Any, where: str = "") -> None:
 
 
 def save_json(obj: Any, path: str | os.PathLike, allow_nan: bool = False) -> Path:
-    """Write JSON atomically; NaN/inf are refused unless ``allow_nan``."""
+    """Write JSON atomically; NaN/inf are refused (naming where they are) unless ``allow_nan``."""
+    if not allow_nan:
+        check_finite(obj)
     text = json.dumps(obj, indent=2, sort_keys=False, default=_json_default, allow_nan=allow_nan)
     return _atomic_write(Path(path), lambda fh: fh.write(text.encode() + b"\n"))
 

@@ -123,10 +123,11 @@ def fit(
                                   f"or use another OUT_DIR")
         if state.get("run_hash") != run_hash:
             same_code = state.get("code") is not None and state.get("code") == code
+            codes = f"; code {state.get('code')} vs {code}" if (state.get("code"), code) != (None, None) else ""
             raise ValueError(
                 f"checkpoint {path} was made with another configuration"
                 f"{'' if same_code or code is None else ' or other code'} (hash {state.get('run_hash')} "
-                f"!= {run_hash}; code {state.get('code')} vs {code}); delete it or use another OUT_DIR"
+                f"!= {run_hash}{codes}); delete it or use another OUT_DIR"
             )
         _load_state_dicts(modules, state["modules"], path)
         _load_state_dicts(optimizers, state["optimizers"], path)

@@ -344,3 +344,25 @@ def test_wrong_case_parameter_is_refused_in_a_notebook_namespace(tmp_path):
     with pytest.raises(NameError, match="'Seeds' -> SEEDS"):
         config.check_parameters({"SEEDS": 1, "Seeds": 3})
     config.check_parameters({"SEEDS": 1, "_scale": 3, "scaled": 2})  # private or other names are fine
+
+
+@pytest.mark.notebook
+def test_papermill_lower_case_parameter_fails_the_run(tmp_path, monkeypatch):
+    """`papermill -p scale small` on a chapter-shaped notebook: the set-up cell's resolve() refuses it."""
+    import nbformat
+    import papermill
+
+    params = nbformat.v4.new_code_cell('SCALE = "smoke"\nDATASET = "synthfacs"\nDATA_ROOT = None\nDEVICE = "cpu"\n'
+                                       f'SEEDS = 1\nOUT_DIR = {str(tmp_path / "run")!r}')
+    params.metadata["tags"] = ["parameters"]
+    setup = nbformat.v4.new_code_cell("from fer_nb import config\n"
+                                      "cfg = config.resolve('toolkit_tour', SCALE, DATASET, DATA_ROOT, DEVICE, SEEDS, OUT_DIR)")
+    nb = nbformat.v4.new_notebook(cells=[params, setup])
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, tmp_path / "in.ipynb")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(HERE.parent), os.environ.get("PYTHONPATH", "")]))
+    with pytest.raises(papermill.PapermillExecutionError, match="wrong case: 'scale' -> SCALE"):
+        papermill.execute_notebook(str(tmp_path / "in.ipynb"), str(tmp_path / "out.ipynb"), kernel_name="python3",
+                                   parameters={"scale": "small"}, progress_bar=False)
+    papermill.execute_notebook(str(tmp_path / "in.ipynb"), str(tmp_path / "ok.ipynb"), kernel_name="python3",
+                               parameters={"SCALE": "small"}, progress_bar=False)
