@@ -549,18 +549,23 @@ def first_line(text: str, limit: int = 230) -> str:
     return line if len(line) <= limit else line[:limit - 1] + "…"
 
 
+def _cell(text: str) -> str:
+    """A table cell: no pipes, and no ``<...>`` that Markdown would take for HTML."""
+    return text.replace("|", "/").replace("<", "&lt;").replace(">", "&gt;")
+
+
 def markdown() -> str:
     rows = ["| # | area | input tried | error raised (first line of the message) |", "|---|---|---|---|"]
     for i, (area, what, fn) in enumerate(CASES, 1):
         out = run(fn)
         shown = (f"`{type(out).__name__}`: {first_line(message(out))}" if isinstance(out, BaseException)
                  else f"NO ERROR: {out!r}")
-        rows.append(f"| {i} | {area} | {what} | {shown.replace('|', '/')} |")
+        rows.append(f"| {i} | {area} | {what} | {_cell(shown)} |")
     for j, (area, what, fn) in enumerate(ACCEPTED, len(CASES) + 1):
         out = run(fn)
         shown = (f"FAILED: `{type(out).__name__}`: {first_line(message(out))}" if isinstance(out, BaseException)
                  else f"accepted: {out}")
-        rows.append(f"| {j} | {area} | {what} | {shown.replace('|', '/')} |")
+        rows.append(f"| {j} | {area} | {what} | {_cell(shown)} |")
     return "\n".join(rows)
 
 
