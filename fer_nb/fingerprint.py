@@ -158,14 +158,18 @@ def _code_of(obj: Any) -> dict | None:
 def staleness(recorded: Mapping | None, cfg: Any) -> str | None:
     """Why ``recorded`` (a loaded ``metrics.json``) was not made by ``cfg``'s code, or ``None`` if it was.
 
+    ``cfg`` is a :class:`~fer_nb.config.Config` or a notebook key such as ``"nm_tuple"`` (for pages
+    without a configuration, e.g. the scoreboard: the chapter's current code is fingerprinted).
+
     A recorded result without a fingerprint (written before fingerprints existed) is stale: it
     was made by earlier code that can no longer be identified.
     """
     if recorded is None:
         return None
-    current = _code_of(cfg)
+    current = code_fingerprint(cfg) if isinstance(cfg, str) else _code_of(cfg)
     if current is None:
-        raise TypeError(f"cfg must be a Config from fer_nb.config.resolve (with .code), got {type(cfg).__name__}")
+        raise TypeError(f"cfg must be a Config from fer_nb.config.resolve (with .code) or a notebook key, "
+                        f"got {type(cfg).__name__}")
     theirs = _code_of(recorded)
     prov = recorded.get("provenance", {}) if isinstance(recorded, Mapping) else {}
     when = f"commit {str(prov.get('commit', 'unknown'))[:12]}, {prov.get('date', 'date unknown')}"

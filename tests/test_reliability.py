@@ -142,6 +142,8 @@ def test_metrics_carry_the_fingerprint_and_staleness_is_reported(tmp_path):
     m = json.loads(report.write_metrics(cfg, {"t": {"r": {"acc": 1.0}}}, {"acc": 1.0}).read_text())
     assert m["provenance"]["code"] == dict(cfg.code)
     assert not fingerprint.is_stale(m, cfg) and fingerprint.staleness(m, cfg) is None
+    assert not fingerprint.is_stale(m, "toolkit_tour")  # by notebook key: the chapter's current code
+    assert fingerprint.is_stale(m, "nm_tuple")
     changed = json.loads(json.dumps(m))
     changed["provenance"]["code"]["code"] = "f" * 16
     changed["provenance"]["code"]["notebook"] = "e" * 16
