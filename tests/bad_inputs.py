@@ -20,7 +20,6 @@ import traceback
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import torch
 from PIL import Image
 
