@@ -48,7 +48,11 @@ def git_commit() -> str:
 
 
 def provenance(cfg) -> dict[str, Any]:
-    """Commit, date, device, versions, scale, dataset and seeds of a run."""
+    """Commit, date, device, versions, scale, dataset, seeds and code fingerprint of a run.
+
+    ``code`` is :attr:`fer_nb.config.Config.code` (see :mod:`fer_nb.fingerprint`): a recorded run
+    whose ``code`` differs from a page's own (or that has none) is labelled, not trusted.
+    """
     from fer_nb.device import describe
 
     return {
@@ -63,6 +67,7 @@ def provenance(cfg) -> dict[str, Any]:
         "scale": cfg.scale,
         "dataset": cfg.dataset,
         "seeds": list(cfg.seeds),
+        "code": dict(getattr(cfg, "code", None) or {}),
     }
 
 
