@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -41,9 +42,87 @@ def key_of(path: Path) -> str:
     return stem.split("_", 1)[1] if stem[:2].isdigit() and "_" in stem else stem
 
 
+def _quiet_kernel_manager():
+    """A kernel manager class whose kernel prints nothing a reader could take for a failure.
+
+    Two messages used to reach the terminal of ``make book``: ipykernel's "Kernel is running over
+    TCP without encryption" warning (avoided by talking to the kernel over local IPC sockets, next
+    to the connection file, instead of TCP), and "[IPKernelApp] ERROR | KeyboardInterrupt caught in
+    kernel": jupyter_client interrupts the kernel (SIGINT) before asking it to shut down, and a
+    kernel that is idling in its event loop logs that interrupt as an error. The shutdown request
+    that follows stops the kernel cleanly, so the interrupt is skipped while shutting down.
+    """
+    from jupyter_client import AsyncKernelManager
+    from traitlets import CaselessStrEnum
+
+    class QuietKernelManager(AsyncKernelManager):
+        transport = CaselessStrEnum(["tcp", "ipc"], default_value="ipc" if os.name == "posix" else "tcp")
+
+        async def _async_interrupt_kernel(self) -> None:
+            if self.shutting_down:
+                return
+            await super()._async_interrupt_kernel()
+
+    return QuietKernelManager
+
+
+_PROGRESS_RE = re.compile(r"^[^\n|]*\d+%\|.*\|\s*\d+/\S+ \[[^\]]*\]\s*$")
+
+
+def _clean_stream(text: str) -> str:
+    """Drop tqdm progress-bar lines (and the carriage-return redraws between them) from a stream."""
+    keep = []
+    for line in text.split("\n"):
+        last = line.split("\r")[-1] if "\r" in line else line
+        if _PROGRESS_RE.match(last.strip()):
+            continue
+        keep.append(last)
+    return "\n".join(keep)
+
+
+def clean_outputs(nb) -> dict:
+    """Prepare an executed notebook for the HTML build, in place; returns counts of what changed.
+
+    - progress-bar lines are removed from stream outputs, and stream outputs left empty (or empty to
+      begin with) are dropped: Jupyter Book draws every stderr output as a grey box;
+    - the cell papermill injects (tag ``injected-parameters``) gets the tag ``remove-cell``: readers
+      see the notebook's own ``parameters`` cell, which documents the defaults;
+    - stream outputs of the same name that became adjacent are merged.
+    """
+    counts = {"progress_lines": 0, "empty_streams": 0, "hidden_cells": 0}
+    for cell in nb.cells:
+        if cell.get("cell_type") != "code":
+            continue
+        tags = cell.setdefault("metadata", {}).setdefault("tags", [])
+        if "injected-parameters" in tags and "remove-cell" not in tags:
+            tags.append("remove-cell")
+            counts["hidden_cells"] += 1
+        outputs = []
+        for out in cell.get("outputs", []):
+            if out.get("output_type") == "stream":
+                text = out.get("text", "")
+                text = "".join(text) if isinstance(text, list) else text
+                cleaned = _clean_stream(text)
+                counts["progress_lines"] += text.count("\n") - cleaned.count("\n") if cleaned != text else 0
+                if not cleaned.strip():
+                    counts["empty_streams"] += 1
+                    continue
+                if outputs and outputs[-1].get("output_type") == "stream" and outputs[-1].get("name") == out.get("name"):
+                    outputs[-1]["text"] = outputs[-1]["text"].rstrip("\n") + "\n" + cleaned.lstrip("\n")
+                    continue
+                out["text"] = cleaned
+            outputs.append(out)
+        cell["outputs"] = outputs
+    return counts
+
+
 def execute(src: Path, dst_dir: Path, parameters: dict, cwd: Path = ROOT) -> Path:
-    """jupytext ``src`` -> ipynb, execute with papermill into ``dst_dir``; raise on failure."""
+    """jupytext ``src`` -> ipynb, execute with papermill into ``dst_dir``; raise on failure.
+
+    The executed notebook is cleaned for the book (:func:`clean_outputs`).
+    """
     import jupytext
+    import nbformat
     import papermill
 
     dst_dir.mkdir(parents=True, exist_ok=True)
@@ -54,9 +133,13 @@ def execute(src: Path, dst_dir: Path, parameters: dict, cwd: Path = ROOT) -> Pat
     jupytext.write(nb, raw, fmt="ipynb")
     try:
         papermill.execute_notebook(str(raw), str(out), parameters=parameters, kernel_name="python3",
-                                   cwd=str(cwd), progress_bar=False, log_output=False)
+                                   cwd=str(cwd), progress_bar=False, log_output=False,
+                                   kernel_manager_class=_quiet_kernel_manager())
     finally:
         raw.unlink(missing_ok=True)
+    executed = nbformat.read(out, as_version=4)
+    clean_outputs(executed)
+    nbformat.write(executed, out)
     return out
 
 
