@@ -55,7 +55,7 @@ def scale_notice_html(cfg) -> str:
              if runs else "")
     kind = ADMONITION_CLASS.get(cfg.scale, "note")
     return (f'<div class="admonition {kind}"><p class="admonition-title">'
-            f"{_inline_html(title)} (<code>SCALE = "{html.escape(cfg.scale)}"</code>)</p>"
+            f"{_inline_html(title)} (<code>SCALE = &quot;{html.escape(cfg.scale)}&quot;</code>)</p>"
             f"<p>{_inline_html(body + where)}</p></div>")
 
 
