@@ -162,7 +162,8 @@ def install_mathjax() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(prog="python -m fer_nb.book", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--scale", default="smoke", choices=("smoke", "small", "paper"))
     ap.add_argument("--device", default="auto")
     ap.add_argument("--only", nargs="*", help="execute only these notebook stems (others must be built already)")
