@@ -21,6 +21,8 @@ import sys
 import time
 from pathlib import Path
 
+from fer_nb.config import SCALES
+
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = ROOT / "notebooks"
 BOOK = ROOT / "book"
@@ -164,7 +166,7 @@ def install_mathjax() -> None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m fer_nb.book", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--scale", default="smoke", choices=("smoke", "small", "paper"))
+    ap.add_argument("--scale", default="smoke", choices=SCALES)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--only", nargs="*", help="execute only these notebook stems (others must be built already)")
     ap.add_argument("--skip-html", action="store_true")

@@ -29,6 +29,7 @@ from typing import Any, Mapping, Sequence
 import torch
 import yaml
 
+from fer_nb.config import SCALES  # smallest to largest; a smoke run is never recorded
 from fer_nb.io import check_finite, load_json, save_json
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -111,10 +112,6 @@ def recorded_path(paper: str, scale: str, dataset: str) -> Path:
 def load_recorded(paper: str, scale: str = "small", dataset: str = "synthfacs") -> dict | None:
     path = recorded_path(paper, scale, dataset)
     return load_json(path) if path.exists() else None
-
-
-#: scales from the smallest to the largest; a ``smoke`` run is never recorded
-SCALES = ("smoke", "small", "gpu", "paper")
 
 
 def recorded_runs(paper: str) -> list[dict]:
