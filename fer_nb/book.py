@@ -82,6 +82,22 @@ def _clean_stream(text: str) -> str:
     return "\n".join(keep)
 
 
+#: a figure wider than this (pixels) is drawn across the page margin (cell tag ``full-width``)
+WIDE_FIGURE_PX = 1100
+
+
+def png_width(data: str) -> int:
+    """Width in pixels of a base64 PNG (from its IHDR header); 0 when it is not one."""
+    import base64
+    import struct
+
+    try:
+        head = base64.b64decode("".join(data.split())[:48])
+    except ValueError:
+        return 0
+    return struct.unpack(">I", head[16:20])[0] if head[:8] == b"\x89PNG\r\n\x1a\n" else 0
+
+
 def clean_outputs(nb) -> dict:
     """Prepare an executed notebook for the HTML build, in place; returns counts of what changed.
 
@@ -89,9 +105,11 @@ def clean_outputs(nb) -> dict:
       begin with) are dropped: Jupyter Book draws every stderr output as a grey box;
     - the cell papermill injects (tag ``injected-parameters``) gets the tag ``remove-cell``: readers
       see the notebook's own ``parameters`` cell, which documents the defaults;
-    - stream outputs of the same name that became adjacent are merged.
+    - stream outputs of the same name that became adjacent are merged;
+    - a cell with a figure wider than :data:`WIDE_FIGURE_PX` gets the tag ``full-width``, so the
+      theme lets it use the page's margin and its text is not shrunk to half size.
     """
-    counts = {"progress_lines": 0, "empty_streams": 0, "hidden_cells": 0}
+    counts = {"progress_lines": 0, "empty_streams": 0, "hidden_cells": 0, "wide_figures": 0}
     for cell in nb.cells:
         if cell.get("cell_type") != "code":
             continue
@@ -115,6 +133,10 @@ def clean_outputs(nb) -> dict:
                 out["text"] = cleaned
             outputs.append(out)
         cell["outputs"] = outputs
+        widths = [png_width(o.get("data", {}).get("image/png", "")) for o in outputs if "image/png" in o.get("data", {})]
+        if widths and max(widths) > WIDE_FIGURE_PX and "full-width" not in tags:
+            tags.append("full-width")
+            counts["wide_figures"] += 1
     return counts
 
 

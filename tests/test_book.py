@@ -68,3 +68,29 @@ def test_pyproject_script_points_to_cli():
     data = tomllib.loads((book.ROOT / "pyproject.toml").read_text())
     module, func = data["project"]["scripts"]["fer-nb"].split(":")
     assert module == "fer_nb.cli" and callable(getattr(cli, func))
+
+
+def test_wide_figures_get_the_full_width_tag():
+    import base64
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    def png(width_in):
+        fig = plt.figure(figsize=(width_in, 2), dpi=100)
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png")
+        plt.close(fig)
+        return base64.b64encode(buf.getvalue()).decode()
+
+    wide, narrow = png(15), png(6)
+    assert book.png_width(wide) == 1500 and book.png_width(narrow) == 600 and book.png_width("") == 0
+    nb = nbformat.v4.new_notebook(cells=[
+        _cell([{"output_type": "display_data", "data": {"image/png": wide}, "metadata": {}}]),
+        _cell([{"output_type": "display_data", "data": {"image/png": narrow}, "metadata": {}}]),
+    ])
+    book.clean_outputs(nb)
+    assert "full-width" in nb.cells[0].metadata["tags"] and "full-width" not in nb.cells[1].metadata["tags"]
