@@ -116,11 +116,11 @@ def embedding_scatter(points: np.ndarray, labels, names: Sequence[str] | None = 
     ax.set_xticks([])
     ax.set_yticks([])
     if len(np.unique(labels)) <= 12:
-        ax.legend(fontsize=7, markerscale=2, loc="best")
+        ax.legend(fontsize=9, markerscale=2, loc="best")
     return ax
 
 
-def image_grid(images: torch.Tensor, nrow: int, titles: Sequence[str] | None = None, scale: float = 1.2,
+def image_grid(images: torch.Tensor, nrow: int, titles: Sequence[str] | None = None, scale: float = 1.4,
                row_labels: Sequence[str] | None = None):
     """Show ``(N, C, H, W)`` images (uint8 or float in [0, 1]) in a grid with optional titles."""
     imgs = torch.as_tensor(images).detach().cpu()
@@ -141,9 +141,9 @@ def image_grid(images: torch.Tensor, nrow: int, titles: Sequence[str] | None = N
         ax.imshow(img[..., 0] if img.shape[-1] == 1 else img, cmap="gray" if img.shape[-1] == 1 else None,
                   vmin=0, vmax=1)
         if titles is not None and i < len(titles):
-            ax.set_title(titles[i], fontsize=8)
+            ax.set_title(titles[i], fontsize=10)
     if row_labels is not None:
         for r, lab in enumerate(row_labels[:rows]):
-            axes[r, 0].set_ylabel(lab, fontsize=8)
+            axes[r, 0].set_ylabel(lab, fontsize=10)
     fig.tight_layout()
     return fig
