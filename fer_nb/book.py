@@ -48,17 +48,28 @@ def _quiet_kernel_manager():
     """A kernel manager class whose kernel prints nothing a reader could take for a failure.
 
     Two messages used to reach the terminal of ``make book``: ipykernel's "Kernel is running over
-    TCP without encryption" warning (avoided by talking to the kernel over local IPC sockets, next
-    to the connection file, instead of TCP), and "[IPKernelApp] ERROR | KeyboardInterrupt caught in
+    TCP without encryption" warning (avoided by talking to the kernel over local IPC sockets in the
+    temp folder instead of TCP), and "[IPKernelApp] ERROR | KeyboardInterrupt caught in
     kernel": jupyter_client interrupts the kernel (SIGINT) before asking it to shut down, and a
     kernel that is idling in its event loop logs that interrupt as an error. The shutdown request
     that follows stops the kernel cleanly, so the interrupt is skipped while shutting down.
     """
+    import tempfile
+    import uuid
+
     from jupyter_client import AsyncKernelManager
-    from traitlets import CaselessStrEnum
+    from traitlets import CaselessStrEnum, default
 
     class QuietKernelManager(AsyncKernelManager):
         transport = CaselessStrEnum(["tcp", "ipc"], default_value="ipc" if os.name == "posix" else "tcp")
+
+        @default("ip")
+        def _ip_default(self) -> str:
+            # IPC socket files <ip>-<port> in the temp folder: a Unix socket path must stay under
+            # ~100 characters, which a connection file deep in a home folder could exceed
+            if self.transport == "ipc":
+                return os.path.join(tempfile.gettempdir(), f"fer-nb-{uuid.uuid4().hex[:12]}")
+            return super()._ip_default()
 
         async def _async_interrupt_kernel(self) -> None:
             if self.shutting_down:
