@@ -6,6 +6,8 @@
    ``book/performance.md``) is
    converted with jupytext to ``book/_generated/<name>.ipynb`` and executed there by papermill
    (kernel ``python3``) with ``SCALE``/``DEVICE``/``OUT_DIR``; a failing notebook fails the build;
+   the executed notebook is then cleaned for reading (:func:`clean_outputs`: no progress bars or
+   empty stderr boxes, papermill's injected-parameters cell removed, wide figures full-width);
 2. MathJax 3 is installed from npm into ``.cache/`` (once) and copied into ``book/_static`` so math
    renders offline;
 3. ``jupyter-book build book`` renders HTML into ``book/_build/html`` (execution is off there).
