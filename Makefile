@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-$(shell cat requirements.txt pyproject.toml | sha1su
 export FER_NB_PLAIN_PROGRESS ?= 1
 export PYTHONHASHSEED := 0
 
-.PHONY: venv book test test-fast lab bench clean
+.PHONY: venv book test test-fast lab bench gpu-check clean
 
 venv: $(STAMP)
 $(STAMP): requirements.txt pyproject.toml
@@ -40,6 +40,10 @@ lab: venv
 ## make bench: throughput benchmarks (writes benchmarks/results/<device>.json)
 bench: venv
 	$(PY) -m benchmarks.run --device $(DEVICE)
+
+## make gpu-check: on a machine with a CUDA GPU, every notebook at smoke and gpu scale on CUDA, then make bench
+gpu-check: venv
+	$(PY) -m fer_nb.gpu_check --scales smoke gpu
 
 clean:
 	rm -rf book/_build book/_generated runs
