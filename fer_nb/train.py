@@ -78,6 +78,54 @@ def _load_state_dicts(objs: Mapping[str, Any] | None, states: Mapping[str, Any],
             raise CheckpointError(f"checkpoint {path} does not fit {k!r} ({first}); delete it to retrain") from None
 
 
+class _WallTimeEstimate:
+    """Prints, once, the measured steps/s and the projected wall time of a long run (paper scale).
+
+    Steps ``WARMUP+1 .. PROBE`` are timed (with a device sync at both ends, so asynchronous CUDA work is
+    counted); nothing is printed for runs projected under ``MIN_SECONDS`` (smoke and small runs).
+    """
+
+    WARMUP, PROBE, MIN_SECONDS = 3, 23, 120.0
+
+    def __init__(self, desc: str, remaining_steps: int, modules: Mapping[str, torch.nn.Module],
+                 checkpoint: Path | None):
+        self.desc, self.remaining, self.checkpoint = desc, remaining_steps, checkpoint
+        params = [p for m in modules.values() for p in m.parameters()]
+        self.device = params[0].device if params else torch.device("cpu")
+        self.t_start: float | None = None
+        self.done = remaining_steps <= self.PROBE
+
+    def _now(self) -> float:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter()
+
+    def after_step(self, steps_done: int) -> None:
+        if self.done:
+            return
+        if steps_done == self.WARMUP:
+            self.t_start = self._now()
+        elif steps_done == self.PROBE and self.t_start is not None:
+            self.done = True
+            rate = (self.PROBE - self.WARMUP) / max(self._now() - self.t_start, 1e-9)
+            seconds = (self.remaining - self.PROBE) / rate
+            if seconds >= self.MIN_SECONDS:
+                resume = (f"; interrupted, it resumes from {self.checkpoint} (saved every epoch)"
+                          if self.checkpoint is not None else "")
+                print(f"[{self.desc}] {rate:.1f} steps/s measured: {self.remaining} steps take about "
+                      f"{format_duration(seconds)}{resume}", flush=True)
+
+
+def format_duration(seconds: float) -> str:
+    """``3725`` -> ``1 h 02 min``; ``95`` -> ``1 min 35 s``."""
+    seconds = int(round(seconds))
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    if h:
+        return f"{h} h {m:02d} min" if h < 48 else f"{h / 24:.1f} days"
+    return f"{m} min {s:02d} s" if m else f"{s} s"
+
+
 _CHECKPOINT_KEYS = ("run_hash", "epoch", "modules", "optimizers", "rng", "history")
 
 
@@ -144,6 +192,7 @@ def fit(
     total = max(1, steps_per_epoch * epochs)
     step = start_epoch * steps_per_epoch
     steps_done = 0
+    eta = _WallTimeEstimate(desc, total - step, modules, path)
     for epoch in range(start_epoch, epochs):
         for m in modules.values():
             m.train()
@@ -165,6 +214,7 @@ def fit(
             n_steps += 1
             step += 1
             steps_done += 1
+            eta.after_step(steps_done)
             if stop_after_steps is not None and steps_done >= stop_after_steps:
                 raise KeyboardInterrupt(f"stopped after {steps_done} steps (stop_after_steps)")
         for sch in (schedulers or {}).values():

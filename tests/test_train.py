@@ -137,3 +137,35 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(tmp_path):
     assert b["resumed_from"] == epoch_at_kill
     assert b["checksum"] == a["checksum"]
     assert [r["train/loss"] for r in b["history"]] == [r["train/loss"] for r in a["history"]]
+
+
+def test_long_run_prints_its_projected_wall_time(tmp_path, capsys):
+    """A run projected past two minutes prints steps/s and its duration once; a short one prints nothing."""
+    import time as _time
+
+    from fer_nb.train import fit, format_duration
+
+    model = torch.nn.Linear(2, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+
+    def step(batch, ctx):
+        _time.sleep(0.01)            # ~100 steps/s
+        loss = model(batch).pow(2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        return {"loss": loss.detach()}
+
+    batches = [torch.ones(4, 2)] * 30
+    fit({"m": model}, {"o": opt}, step, lambda e: batches, epochs=1, progress=False)
+    assert capsys.readouterr().out == ""
+    try:
+        fit({"m": model}, {"o": opt}, step, lambda e: batches, epochs=1000, progress=False,
+            checkpoint=tmp_path / "ck.pt", stop_after_steps=25)
+    except KeyboardInterrupt:
+        pass
+    out = capsys.readouterr().out
+    assert "steps/s measured: 30000 steps take about" in out and "resumes from" in out
+    assert out.count("steps/s measured") == 1
+    assert format_duration(3725) == "1 h 02 min" and format_duration(95) == "1 min 35 s"
+    assert format_duration(5) == "5 s" and format_duration(3 * 86400) == "3.0 days"
