@@ -4,7 +4,7 @@
    scale too), each in its own papermill kernel, timed, with the error's last line when one fails;
 2. ``make bench`` on the same GPU (the papers' training steps as the benchmark builds them and as the
    chapters' own ``fer_nb.papers`` modules run them, the data pipeline, the losses);
-3. a summary table on the terminal and ``benchmarks/results/gpu-check-<device>.json`` with the device name,
+3. a summary table on the terminal and ``benchmarks/results/gpu_check/<device>.json`` with the device name,
    torch version, commit and every time measured.
 
 A notebook that fails does not stop the others; the exit status is non-zero when any step failed.
@@ -23,7 +23,7 @@ from pathlib import Path
 
 from fer_nb.book import ROOT, execute, key_of, notebook_sources
 
-RESULTS = ROOT / "benchmarks" / "results"
+RESULTS = ROOT / "benchmarks" / "results" / "gpu_check"
 
 
 def _last_error_line(exc: BaseException) -> str:
@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "notebooks": rows, "bench": {"status": bench_status[0], "error": bench_status[1]},
         "total_seconds": round(time.perf_counter() - t0, 1),
-    }, RESULTS / f"gpu-check-{slug}.json")
+    }, RESULTS / f"{slug}.json")
     print(f"[gpu-check] wrote {path}; executed notebooks in {out_root}")
     failed = any(r["status"] != "ok" for r in rows) or bench_status[0] == "FAILED"
     return 1 if failed else 0
