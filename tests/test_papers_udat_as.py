@@ -128,6 +128,20 @@ def test_udat_losses_without_target_is_plain_cross_entropy():
     assert "loss_d" not in out and torch.allclose(out["loss"], ref, atol=0, rtol=0)
 
 
+def test_paired_batches_pair_each_source_batch_with_a_target_batch():
+    src = FaceArrays(torch.zeros(10, 3, 4, 4, dtype=torch.uint8), {"expression": torch.arange(10) % 7}, "s")
+    tgt = FaceArrays(torch.full((3, 3, 4, 4), 255, dtype=torch.uint8), {"expression": torch.full((3,), 6)}, "t")
+    batches = list(udat_as.paired_batches(src, tgt, 2, torch.device("cpu"), seed=0, epoch=0))
+    assert len(batches) == 5  # the source pool sets the epoch; the 3-image target pool is cycled
+    for b in batches:
+        assert b["image"].shape == b["target_image"].shape == (2, 3, 4, 4)
+        assert (b["image"] == 0).all() and (b["target_image"] == 1).all()
+    assert sorted(torch.cat([b["expression"] for b in batches]).tolist()) == sorted((torch.arange(10) % 7).tolist())
+    assert all("target_image" not in b for b in udat_as.paired_batches(src, None, 2, torch.device("cpu"), 0, 0))
+    with pytest.raises(ValueError, match="fewer than batch_size"):
+        list(udat_as.paired_batches(src, tgt, 4, torch.device("cpu"), 0, 0))
+
+
 # ----------------------------------------------------------------------------- dataset pairs
 def test_dataset_names_match_the_preset_and_resolve(tmp_path):
     preset = yaml.safe_load(open(config.PRESET_DIR / "udat_as.yaml"))
@@ -310,6 +324,7 @@ def test_a_real_pair_trains_from_data_root_alone(tmp_path):
     for direction in udat_as.DIRECTIONS:
         r = udat_as.run(cfg, dom["data"], "table1", direction, "UDAT-AS with margin", 0.1, 0)
         assert math.isfinite(r["val"]) and math.isfinite(r["test"]) and r["history"].records
+        assert "train/loss_d" in r["history"].records[-1], "a UDAT run must train on target batches too"
         assert r["feat_source"].shape[1] == r["feat_target"].shape[1] == cfg.fc_dim
 
 
