@@ -378,3 +378,30 @@ def test_run_tables_chooses_lambda_on_target_validation(tmp_path, monkeypatch):
     holds, ours, nc_rows, _ = udat_as.ordering(results, "table1", "A_to_B")
     assert not holds and nc_rows == ["Source only"]
     assert udat_as.cell(results[("table1", "A_to_B", "Source only")]) == {"value": "nc"}
+
+
+# ----------------------------------------------------------------------------- device discipline
+@pytest.mark.parametrize("method", ["Train on target", "UDAT (using softmax loss)", "UDAT-AS"])
+def test_a_run_on_fake_cuda(method, tmp_path, monkeypatch):
+    """One run with the data and the net on (fake) CUDA: batches, CPU-seeded shuffles, autocast and evaluation
+    keep every tensor on the device (tests/fake_cuda.py; no backward there).
+
+    Limits of the harness, not of the code: ``module.to(memory_format=channels_last)`` leaves parameters on
+    the CPU under it, so ``fast.prepare`` is replaced by a plain ``.to(device)``; the angular-margin head is
+    left out (``F.one_hot`` inside it meets a CPU tensor under the harness)."""
+    from fake_cuda import fake_cuda
+
+    from fer_nb import fast
+    from fer_nb.data import synthfacs
+
+    monkeypatch.setattr(fast, "prepare", lambda model, device, **kw: model.to(device))
+    with fake_cuda():
+        cfg = config.resolve("udat_as", "smoke", "synthfacs", None, "cuda", 1, tmp_path,
+                             n_train=32, n_val=16, n_test=16, n_subjects=4, batch_size=16, epochs=1)
+        data = {k: {s: udat_as.three_channels(synthfacs.generate(n, seed=i, domain=dom, image_size=32,
+                                                                 n_subjects=4)).to(cfg.device)
+                    for i, (s, n) in enumerate((("train", 32), ("val", 16), ("test", 16)))}
+                for k, dom in (("A", "lab"), ("B", "wild"))}
+        assert data["A"]["train"].images.device.type == "cuda"
+        r = udat_as.run(cfg, data, "table1", "A_to_B", method, 0.1, 0)
+    assert math.isfinite(r["test"]) and r["feat_target"].device.type == "cpu"
