@@ -34,7 +34,7 @@ __all__ = [
     "METHODS", "DIRECTIONS", "CLAIM", "SEVEN_EXPRESSION_DATASETS", "PROTOCOLS", "PAIR_SEP", "SAME_IMAGES",
     "dataset_names", "parse_dataset", "seven_classes", "three_channels", "real_pools", "load_domains",
     "make_net", "sgd", "udat_step", "paired_batches", "evaluate", "train_run", "run", "run_tables",
-    "cell", "assemble_tables", "ordering", "timing",
+    "cell", "assemble_tables", "metric_key", "ordering", "timing",
 ]
 
 #: The five rows of Tables I and II: which domain is labelled and which domain head (None = no G_d).
@@ -371,16 +371,18 @@ def assemble_tables(results: Mapping, sweeps: Mapping, chosen: Mapping, seeds) -
     return tables
 
 
-def _key(*parts: str) -> str:
+def metric_key(*parts: str) -> str:
+    """``metrics.json`` summary key of ``parts``: joined by ``_``, spaces to ``_``, brackets dropped."""
     return "_".join(parts).replace(" ", "_").replace("(", "").replace(")", "")
 
 
 def ordering(results: Mapping, table: str, direction: str) -> tuple[bool, list[str], list[str], dict[str, float]]:
     """Does the paper's ordering :data:`CLAIM` hold for one table and direction?
 
-    Returns ``(holds, ours, nc_rows, summary)``: ``holds`` needs strictly decreasing means in the claim's
-    order and no nc row; our ordering of the means (a non-converged row ranks below every converged one), the rows with an nc seed, and the mean over seeds of each neighbouring
-    difference in the claim (with its sample sd) for ``metrics.json``.
+    Returns ``(holds, ours, nc_rows, summary)``: ``holds`` needs strictly decreasing means in the
+    claim's order and no nc row; ``ours`` is our ordering of the means (a non-converged row ranks below
+    every converged one); ``nc_rows`` the rows with an nc seed; ``summary`` the mean over seeds of each
+    neighbouring difference in the claim (and its sample sd) for ``metrics.json``.
     """
     nc_rows = [m for m in CLAIM if any(r["nc"] for r in results[(table, direction, m)])]
     mean = {m: float(np.mean([r["test"] for r in results[(table, direction, m)]])) for m in CLAIM}
@@ -388,11 +390,11 @@ def ordering(results: Mapping, table: str, direction: str) -> tuple[bool, list[s
     summary = {}
     for hi, lo in zip(CLAIM, CLAIM[1:]):
         diffs = [a["test"] - b["test"] for a, b in zip(results[(table, direction, hi)], results[(table, direction, lo)])]
-        summary[_key(table, direction, hi, "minus", lo)] = float(np.mean(diffs))
-        summary[_key(table, direction, hi, "minus", lo, "sd")] = float(np.std(diffs, ddof=1)) if len(diffs) > 1 else 0.0
+        summary[metric_key(table, direction, hi, "minus", lo)] = float(np.mean(diffs))
+        summary[metric_key(table, direction, hi, "minus", lo, "sd")] = float(np.std(diffs, ddof=1)) if len(diffs) > 1 else 0.0
     holds = ours == CLAIM and not nc_rows and all(mean[hi] > mean[lo] for hi, lo in zip(CLAIM, CLAIM[1:]))  # ties fail
-    summary[_key(table, direction, "ordering_holds")] = float(holds)
-    summary[_key(table, direction, "nc_rows")] = float(len(nc_rows))
+    summary[metric_key(table, direction, "ordering_holds")] = float(holds)
+    summary[metric_key(table, direction, "nc_rows")] = float(len(nc_rows))
     return holds, ours, nc_rows, summary
 
 
