@@ -105,13 +105,15 @@ def parse_dataset(dataset: str) -> tuple[str, str] | None:
         if name not in SEVEN_EXPRESSION_DATASETS:
             raise ValueError(f"DATASET {dataset!r}: {name!r} is not labelled with the 7 basic expressions "
                              f"(neutral, anger, disgust, fear, happiness, sadness, surprise), so a 7-class "
-                             f"classifier cannot be trained or tested on it; use two of {list(SEVEN_EXPRESSION_DATASETS)}")
+                             f"classifier cannot be trained or tested on it; "
+                             f"use two of {list(SEVEN_EXPRESSION_DATASETS)}")
     if a == b:
         raise ValueError(f"DATASET {dataset!r}: source and target are the same dataset, so there is no domain "
                          f"shift to adapt to; name two different datasets (the pair runs in both directions)")
     if frozenset((a, b)) in SAME_IMAGES:
         raise ValueError(f"DATASET {dataset!r}: FER+ relabels FER2013's own images, so the two share every image "
-                         f"and there is no domain shift; pair either with another dataset, e.g. 'fer2013{PAIR_SEP}rafdb'")
+                         f"and there is no domain shift; pair either with another dataset, "
+                         f"e.g. 'fer2013{PAIR_SEP}rafdb'")
     return a, b
 
 
@@ -204,10 +206,11 @@ def load_domains(cfg, *, cache: bool = True) -> dict[str, Any]:
                          "test": synth(dom, cfg.n_test, 31 + k, base + 2000, cfg.n_subjects)}
     else:
         names = {"A": DISPLAY[pair[0]], "B": DISPLAY[pair[1]]}
-        data = {key: real_pools(name, cfg.data_root, cfg.image_size, cfg.n_train, cfg.n_val, cfg.n_test, cache=cache)
-                for key, name in zip("AB", pair)}
+        data = {key: real_pools(name, cfg.data_root, cfg.image_size, cfg.n_train, cfg.n_val, cfg.n_test,
+                                cache=cache) for key, name in zip("AB", pair)}
     half = max(1, cfg.pretrain_subjects // 2)
-    parts = [synth(dom, cfg.n_pretrain // 2, 41 + k, 50_000 + k * half, half) for k, dom in enumerate(("lab", "wild"))]
+    parts = [synth(dom, cfg.n_pretrain // 2, 41 + k, 50_000 + k * half, half)
+             for k, dom in enumerate(("lab", "wild"))]
     pre = concat(parts, name="pretrain-pool")
     domain_of = torch.cat([torch.full((len(p),), k, device=pre.images.device) for k, p in enumerate(parts)])
     _, ids = torch.unique(pre.labels["subject"] + 1_000_000 * domain_of, return_inverse=True)
@@ -218,7 +221,7 @@ def load_domains(cfg, *, cache: bool = True) -> dict[str, Any]:
 
 
 def make_net(cfg, head: str | None = None, lam: float = 0.0, num_classes: int = 7) -> UDATNet:
-    """The preset's modified VGG16 with domain head ``head`` (None, or one of ``DOMAIN_HEADS``) on ``cfg.device``."""
+    """The preset's modified VGG16 with domain head ``head`` (None or one of ``DOMAIN_HEADS``) on ``cfg.device``."""
     net = UDATNet(3, num_classes, width=cfg.width, fc_dim=cfg.fc_dim, domain_head=head, domain_dim=cfg.domain_dim,
                   lambda_=lam, scale=cfg.angular_scale, margin=cfg.angular_margin, overflow=cfg.overflow,
                   batch_norm=cfg.batch_norm, pool_size=cfg.pool_size, dropout=cfg.dropout)
@@ -295,7 +298,8 @@ def train_run(cfg, net: UDATNet, labelled: FaceArrays, unlabelled: FaceArrays | 
         raise ValueError(f"{name}: the labelled pool has {len(labelled)} images, fewer than batch_size "
                          f"{cfg.batch_size}; lower batch_size or use more images")
     return train.fit_or_load(
-        train.checkpoint_path(cfg.out_dir, name, run_hash), run_hash, modules={"net": net}, optimizers={"opt": opt},
+        train.checkpoint_path(cfg.out_dir, name, run_hash), run_hash,
+        modules={"net": net}, optimizers={"opt": opt},
         train_step=lambda batch, ctx: udat_step(net, opt, batch, cfg.device),
         train_batches=lambda ep: paired_batches(labelled, unlabelled, cfg.batch_size, cfg.device, seed, ep),
         epochs=epochs, steps_per_epoch=len(labelled) // cfg.batch_size, desc=name, progress=progress)
@@ -317,7 +321,8 @@ def run(cfg, data: Mapping, table: str, direction: str, method: str, lam: float,
     t0 = time.perf_counter()
     name = f"{table}-{direction}-{spec['head']}-{spec['labelled']}-l{lam}-s{seed}"
     hist = train_run(cfg, net, labelled, unlabelled, seed, name, rh, cfg.epochs)
-    val, test, src_test = (evaluate(net, data[k][s], cfg.device) for k, s in ((tgt, "val"), (tgt, "test"), (src, "test")))
+    val, test, src_test = (evaluate(net, data[k][s], cfg.device)
+                           for k, s in ((tgt, "val"), (tgt, "test"), (src, "test")))
     return {"val": val["acc"], "test": test["acc"], "nc": test["nc"], "lambda": lam, "history": hist,
             "seconds": time.perf_counter() - t0, "feat_source": src_test["feat"], "feat_target": test["feat"]}
 
@@ -346,7 +351,7 @@ def run_tables(cfg, data: Mapping, grids: Mapping[str, list[float]], inits: Mapp
 
 
 def cell(rs: list[Mapping]) -> dict[str, Any]:
-    """A table cell: mean and sample sd of the test accuracy over seeds, or ``"nc"`` if any seed is non-converged."""
+    """A table cell: mean and sample sd of the test accuracy over seeds, ``"nc"`` if a seed is non-converged."""
     if any(r["nc"] for r in rs):
         return {"value": "nc"}
     vals = [r["test"] for r in rs]
@@ -354,7 +359,7 @@ def cell(rs: list[Mapping]) -> dict[str, Any]:
 
 
 def assemble_tables(results: Mapping, sweeps: Mapping, chosen: Mapping, seeds) -> dict[str, dict]:
-    """``metrics.json`` tables: one per paper table (rows x ``acc_<direction>``), the lambda sweep, per-seed accuracies."""
+    """``metrics.json`` tables: each paper table (rows x ``acc_<direction>``), the lambda sweep, per-seed accuracy."""
     tables: dict[str, dict] = {}
     per_seed = {}
     for (table, direction, method), rs in results.items():
@@ -389,10 +394,13 @@ def ordering(results: Mapping, table: str, direction: str) -> tuple[bool, list[s
     ours = sorted(CLAIM, key=lambda m: (m in nc_rows, -mean[m]))
     summary = {}
     for hi, lo in zip(CLAIM, CLAIM[1:]):
-        diffs = [a["test"] - b["test"] for a, b in zip(results[(table, direction, hi)], results[(table, direction, lo)])]
+        pairs = zip(results[(table, direction, hi)], results[(table, direction, lo)])
+        diffs = [a["test"] - b["test"] for a, b in pairs]
         summary[metric_key(table, direction, hi, "minus", lo)] = float(np.mean(diffs))
-        summary[metric_key(table, direction, hi, "minus", lo, "sd")] = float(np.std(diffs, ddof=1)) if len(diffs) > 1 else 0.0
-    holds = ours == CLAIM and not nc_rows and all(mean[hi] > mean[lo] for hi, lo in zip(CLAIM, CLAIM[1:]))  # ties fail
+        summary[metric_key(table, direction, hi, "minus", lo, "sd")] = (
+            float(np.std(diffs, ddof=1)) if len(diffs) > 1 else 0.0)
+    strictly = all(mean[hi] > mean[lo] for hi, lo in zip(CLAIM, CLAIM[1:]))  # ties do not hold
+    holds = ours == CLAIM and not nc_rows and strictly
     summary[metric_key(table, direction, "ordering_holds")] = float(holds)
     summary[metric_key(table, direction, "nc_rows")] = float(len(nc_rows))
     return holds, ours, nc_rows, summary
