@@ -84,7 +84,9 @@ class DomainClassifier(nn.Module):
     def forward(self, features: torch.Tensor, domains: torch.Tensor) -> torch.Tensor:
         h = self.pre_output(features)
         if self.head == "softmax":
-            with torch.autocast(h.device.type, enabled=False):  # the float head reads bf16 features under autocast
+            # under autocast h is bf16 while the head's weights are float32: cast h to the head's own dtype
+            # (float32, or float64 in the notebook's float64 checks), with autocast off for the head
+            with torch.autocast(h.device.type, enabled=False):
                 logits = self.out(h.to(self.out.weight.dtype))
                 return F.cross_entropy(logits.to(working_dtype(logits)), domains)
         return self.out(h, domains)
