@@ -190,6 +190,8 @@ def _run(func, args, kwargs):
         source_cuda = _device_type(args[0]) == "cuda"
         # C++ casts (x.to(dtype) inside a kernel) name the tensor's own device, which is the CPU here
         on_cuda = wanted_type == "cuda" or (source_cuda and not (wanted_type == "cpu" and _STATE.explicit_cpu))
+    elif func in (aten.lift_fresh.default, aten.lift_fresh_copy.default):   # x.new_tensor(data) on CUDA
+        on_cuda = "cuda" in devices or _inside_cuda_call()
     elif not tensors and wanted_type is not None:   # a factory
         on_cuda = wanted_type == "cuda" or (wanted_type == "cpu" and _inside_cuda_call())
     else:

@@ -381,20 +381,14 @@ def test_run_tables_chooses_lambda_on_target_validation(tmp_path, monkeypatch):
 
 
 # ----------------------------------------------------------------------------- device discipline
-@pytest.mark.parametrize("method", ["Train on target", "UDAT (using softmax loss)", "UDAT-AS"])
+@pytest.mark.parametrize("method", ["Train on target", "UDAT (using softmax loss)", "UDAT-AS", "UDAT-AS with margin"])
 def test_a_run_on_fake_cuda(method, tmp_path, monkeypatch):
-    """One run with the data and the net on (fake) CUDA: batches, CPU-seeded shuffles, autocast and evaluation
-    keep every tensor on the device (tests/fake_cuda.py; no backward there).
-
-    Limits of the harness, not of the code: ``module.to(memory_format=channels_last)`` leaves parameters on
-    the CPU under it, so ``fast.prepare`` is replaced by a plain ``.to(device)``; the angular-margin head is
-    left out (``F.one_hot`` inside it meets a CPU tensor under the harness)."""
+    """One run with the data and the net on (fake) CUDA (tests/fake_cuda.py): batches, CPU-seeded shuffles,
+    channels_last, autocast, backward and evaluation keep every tensor on the device."""
     from fake_cuda import fake_cuda
 
-    from fer_nb import fast
     from fer_nb.data import synthfacs
 
-    monkeypatch.setattr(fast, "prepare", lambda model, device, **kw: model.to(device))
     with fake_cuda():
         cfg = config.resolve("udat_as", "smoke", "synthfacs", None, "cuda", 1, tmp_path,
                              n_train=32, n_val=16, n_test=16, n_subjects=4, batch_size=16, epochs=1)
