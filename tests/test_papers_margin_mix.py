@@ -178,6 +178,9 @@ def test_rafdb_at_small_trains_table4_with_all_column(tmp_path):
         assert {"acc_14", "acc_all"} <= set(row)
         assert all(isinstance(row[k], float) or row[k] == "nc" for k in ("acc_14", "acc_all"))
     assert len(results) == 8
+    summary, lines = mm.ordering_summary(data, results, plan, "smoke")
+    assert summary["runs"] == 8.0 and 0 < summary["table4_majority_rate"] <= 100
+    assert len(lines) == 2 and all(line.startswith("[smoke run") for line in lines)
 
 
 def test_ferplus_analogue_keeps_contempt(tmp_path):
