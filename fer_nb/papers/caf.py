@@ -237,7 +237,8 @@ def build_data(cfg) -> dict[str, tuple[FaceArrays, FaceArrays | None, FaceArrays
         wild = dict(domain="wild", image_size=hp["image_size"], wild_severity=hp["wild_severity"], device=dev)
         pool = synthfacs.generate(hp["n_train"] + hp["n_seen_test"], seed=11, n_subjects=hp["n_subjects"],
                                   subject_offset=0, **wild)
-        unseen = synthfacs.generate(hp["n_test"], seed=12, n_subjects=hp["n_test_subjects"], subject_offset=1000, **wild)
+        unseen = synthfacs.generate(hp["n_test"], seed=12, n_subjects=hp["n_test_subjects"], subject_offset=1000,
+                                    **wild)
         data["stills"] = (*split_seen(pool, hp["n_seen_test"]), unseen)
         seq = [synthfacs.generate_sequences(n, frames=hp["frames"], seed=s, n_subjects=k, subject_offset=o, **wild)
                for n, s, k, o in ((hp["n_sequences"], 13, hp["n_subjects"], 0),
@@ -269,8 +270,8 @@ def schedule(cfg, n_train: int, batch_size: int) -> dict:
     hp = cfg.hp
     if cfg.dataset != "synthfacs":
         per = hp["iters_per_epoch"]
-        return {"steps": per, "epochs": max(1, hp["iterations"] // per), "decay_every": max(1, hp["lr_decay_iters"] // per),
-                "cycle": True}
+        return {"steps": per, "epochs": max(1, hp["iterations"] // per),
+                "decay_every": max(1, hp["lr_decay_iters"] // per), "cycle": True}
     return {"steps": n_train // batch_size, "epochs": hp["epochs"], "decay_every": hp["lr_decay_every"], "cycle": False}
 
 
@@ -316,7 +317,8 @@ def train_caf(cfg, tag: str, data: FaceArrays, encoder: str, critic: str, seed: 
     hist = train.fit_or_load(
         train.checkpoint_path(cfg.out_dir, f"{tag}-{encoder}-{critic}-{grouping}-s{seed}", rh), rh,
         modules=modules, optimizers=steps.opts, schedulers=scheds, train_step=steps.train_step, train_batches=batches,
-        steps_per_epoch=plan["steps"], epochs=plan["epochs"], desc=f"{tag} {ENC[encoder]} {row_name(critic, hp['pull_weight'])} s{seed}")
+        steps_per_epoch=plan["steps"], epochs=plan["epochs"],
+        desc=f"{tag} {ENC[encoder]} {row_name(critic, hp['pull_weight'])} s{seed}")
     model.resize = steps.resize
     return model, hist
 
@@ -351,7 +353,8 @@ def code_metrics(pred: torch.Tensor, y: torch.Tensor, batch: int = 16) -> dict:
         cov1 = float(((pred[:, j] - pred[:, j].mean()) * (y[:, j] - y[:, j].mean())).sum() / (n - 1))
         sp, sy = float(pred[:, j].std(unbiased=False)), float(y[:, j].std(unbiased=False))
         out[f"pcc_{d}"] = cov1 / (sp * sy)
-        out[f"ccc_{d}"] = 2 * sp * sy * out[f"pcc_{d}"] / (sp**2 + sy**2 + float(pred[:, j].mean() - y[:, j].mean()) ** 2)
+        bias = float(pred[:, j].mean() - y[:, j].mean())
+        out[f"ccc_{d}"] = 2 * sp * sy * out[f"pcc_{d}"] / (sp**2 + sy**2 + bias**2)
     return out
 
 
@@ -505,9 +508,10 @@ def critic_health(cfg, data: dict, models: dict) -> dict:
                 z = model.critic(f).double()
             d2 = torch.cdist(z, z).pow(2)
             s_, w_ = probe_strong, ~probe_strong
+            ratio = d2[s_][:, w_].mean() / d2[s_][:, s_].mean().clamp_min(1e-30)
             h.update({"active ReLU fraction": float((hidden > 0).float().mean()),
                       "output std (mean over dims)": float(z.std(0).mean()),
-                      "cross / within-strong distance": float(d2[s_][:, w_].mean() / d2[s_][:, s_].mean().clamp_min(1e-30))})
+                      "cross / within-strong distance": float(ratio)})
         health[row_name(critic, cfg.hp["pull_weight"])] = h
     return health
 
@@ -547,15 +551,16 @@ def summary_and_verdicts(cfg, tables: dict, health: dict) -> tuple[dict, list[st
         ka, kb = f"{a}_{metric}_unseen", f"{b}_{metric}_unseen"
         for k in (a, b):
             if t4.get(f"{row_name(k, pw)} (AlexNet (tuned))", {}).get("status") == "nc":
-                return f"{row_name(a, pw)} vs {row_name(b, pw)} on {metric.upper()}: {row_name(k, pw)} did not converge (nc)"
+                return (f"{row_name(a, pw)} vs {row_name(b, pw)} on {metric.upper()}: "
+                        f"{row_name(k, pw)} did not converge (nc)")
         if ka not in out or kb not in out:
             return f"{row_name(a, pw)} vs {row_name(b, pw)} on {metric.upper()}: not run at this scale"
         better = out[ka] < out[kb] if lower_better else out[ka] > out[kb]
         return (f"{row_name(a, pw)} {'beats' if better else 'does NOT beat'} {row_name(b, pw)} on mean "
                 f"{metric.upper()} (unseen subjects): {out[ka]:.3f} vs {out[kb]:.3f}")
 
-    lines = [verdict(ours, other, m, lower) for ours in ("caf_delta", "caf_pull") for other in ("none", "fisher", "gramnet")
-             for m, lower in (("rmse", True), ("ccc", False))]
+    lines = [verdict(ours, other, m, lower) for ours in ("caf_delta", "caf_pull")
+             for other in ("none", "fisher", "gramnet") for m, lower in (("rmse", True), ("ccc", False))]
     if cfg.scale == "smoke":  # seconds of training: the comparisons test the code, they are not findings
         lines = ["[smoke run: a pipeline check, not a finding; read the recorded run] " + line for line in lines]
     return out, lines
@@ -577,7 +582,8 @@ def plot_trace(data: dict, preds: dict, pull_weight: float = 0.25):
         axes[j].plot(y[:, j], "k", lw=1.5, label="ground truth")
         for critic, col in (("caf_delta", "tab:red"), ("none", "tab:blue")):
             if ("trace", critic) in preds:
-                axes[j].plot(preds[("trace", critic)][first][:, j], color=col, lw=1, label=row_name(critic, pull_weight))
+                axes[j].plot(preds[("trace", critic)][first][:, j], color=col, lw=1,
+                             label=row_name(critic, pull_weight))
         axes[j].set(ylabel=name, ylim=(-1.1, 1.1))
         axes[j].grid(alpha=0.3)
     axes[0].legend(fontsize=9, ncol=3)
@@ -602,7 +608,8 @@ def plot_latent(cfg, data: dict, models: dict):
                              "tsne" if cfg.hp["tsne"] else "pca", seed=0)
         plots.embedding_scatter(pts, strong.long(), ["weak", "strong"], ax=axes[0, col],
                                 title=f"{row_name(critic, pw)}: strong / weak")
-        subj = torch.unique(sub.labels.get("subject", torch.zeros(len(sub), dtype=torch.long)).cpu(), return_inverse=True)[1]
+        subj = sub.labels.get("subject", torch.zeros(len(sub), dtype=torch.long)).cpu()
+        subj = torch.unique(subj, return_inverse=True)[1]
         plots.embedding_scatter(pts, subj, None, ax=axes[1, col], cmap="tab20",
                                 title=f"{row_name(critic, pw)}: by person (unseen subjects)")
     fig.tight_layout()

@@ -410,7 +410,8 @@ def plot_accuracy_vs_labels(data: dict, results: dict, plan: dict):
         xs = [pool if n == "all" else n for n in plan[table]]
         for method, row in METHOD_ROWS.items():
             accs = [[r["acc"] for r in results[(table, method, n)]] for n in plan[table]]
-            ax.errorbar(xs, [np.mean(a) for a in accs], yerr=[np.std(a) for a in accs], marker="o", capsize=3, label=row)
+            ax.errorbar(xs, [np.mean(a) for a in accs], yerr=[np.std(a) for a in accs], marker="o", capsize=3,
+                        label=row)
         ax.set_xscale("log")
         ax.set(xlabel="labelled images", ylabel="test accuracy (%)", title=f"{table} ({data[table][0].name})")
     axes[0][0].legend(fontsize=9)
