@@ -207,6 +207,10 @@ def test_each_method_step_under_cpu_bf16_autocast(name, monkeypatch):
     logs = method.train_step(batch, SimpleNamespace(progress=0.5, step=0, epoch=0))
     assert torch.bfloat16 in seen
     assert logs and all(torch.isfinite(v.float()) for v in logs.values())
+    seen.clear()
+    method.amp = False  # a float32 baseline (benchmarks): no autocast inside the step
+    method.train_step(batch, SimpleNamespace(progress=0.5, step=1, epoch=0))
+    assert seen and set(seen) == {torch.float32}
 
 
 def test_gpu_preset_resolves_and_one_step_runs_on_cpu(tmp_path):

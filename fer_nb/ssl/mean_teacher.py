@@ -45,7 +45,7 @@ class MeanTeacher(SSLMethod):
         b = xl.shape[0]
         x1, x2 = self.augment(x), self.augment(x)
         logits = self.forward(x1).float()
-        with torch.no_grad(), autocast(self.device):
+        with torch.no_grad(), autocast(self.device, enabled=self.amp):
             self.ema_model.train()  # teacher BN in the same mode as the student's
             teacher = torch.softmax(self.ema_model(x2).float(), 1)
         ce = F.cross_entropy(logits[:b], y)

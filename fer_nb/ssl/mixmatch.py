@@ -170,9 +170,12 @@ class SSLMethod:
         """The model to evaluate: the EMA model when there is one (MixMatch evaluates it)."""
         return self.ema_model if self.ema_model is not None else self.model
 
+    #: run the forward passes under :func:`fer_nb.device.autocast` (set False for a float32 baseline)
+    amp: bool = True
+
     def forward(self, x: torch.Tensor, **kw):
-        """``model(x, **kw)`` under the book's autocast (bf16 on CUDA)."""
-        with autocast(self.device):
+        """``model(x, **kw)`` under the book's autocast (bf16 on CUDA) unless ``amp`` is False."""
+        with autocast(self.device, enabled=self.amp):
             return self.model(x, **kw)
 
     def modules(self) -> dict[str, nn.Module]:
