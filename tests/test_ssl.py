@@ -10,9 +10,11 @@ from torch.nn import functional as F
 from fer_nb.data.augment import Augment, color_jitter, random_crop, random_flip
 from fer_nb.data.schema import FaceArrays
 from fer_nb.models.wrn import WideResNet
+from fer_nb.papers.margin_mix import METHODS, Centroids, MarginMix, fuzzy_cmeans_labels, nearest_centroid_labels
+from fer_nb.ssl import MixMatch, linear_rampup
 from fer_nb.ssl import (
-    METHODS, Centroids, MarginMix, PairedBatches, WeightEMA, balanced_label_split, collapsed, fuzzy_cmeans_labels,
-    guess_labels, interleave, make_ema_model, mixup, nearest_centroid_labels, recalibrate_bn, sample_lambda, sharpen,
+    PairedBatches, WeightEMA, balanced_label_split, collapsed, guess_labels, interleave, make_ema_model, mixup,
+    recalibrate_bn, sample_lambda, sharpen,
 )
 
 # ------------------------------------------------------------------------------------ augmentation
@@ -232,3 +234,91 @@ def test_margin_mix_options_and_state():
     assert bool(mm.centroids.seen.any())
     with pytest.raises(ValueError, match="self_label"):
         MarginMix(model, 4, self_label="fuzzy")
+
+
+# ------------------------------------------------------------------- MixMatch step, computed by hand
+
+
+class _Lin(torch.nn.Module):
+    def __init__(self, d_in=12, C=3):
+        super().__init__()
+        self.body, self.head = torch.nn.Linear(d_in, 5), torch.nn.Linear(5, C)
+
+    def forward(self, x):
+        return self.head(torch.tanh(self.body(x.flatten(1))))
+
+
+class _Shift:
+    """Deterministic augmentation, different at each call (the K views differ)."""
+
+    def __init__(self):
+        self.n = 0
+
+    def __call__(self, x, generator=None):
+        self.n += 1
+        return x + 0.1 * self.n
+
+
+def test_linear_rampup_w_t():
+    assert [linear_rampup(p, 0.4) for p in (0.0, 0.1, 0.2, 0.4, 0.9)] == pytest.approx([0.0, 0.25, 0.5, 1.0, 1.0])
+    assert linear_rampup(0.0, 0.0) == 1.0
+
+
+@pytest.mark.parametrize("progress", [0.0, 0.1, 0.7])
+def test_mixmatch_step_by_hand(progress):
+    """One MixMatch step recomputed by hand: guesses averaged over the K views (Eq. 7), sharpened
+    with T (Eq. 8), MixUp with lambda' = max(lambda, 1 - lambda), L_x soft cross entropy, L_u mean
+    squared error of probabilities, L = L_x + lambda_u w(t) L_u; loss values and every gradient."""
+    import copy
+
+    torch.manual_seed(2)
+    C, b, T, lam_u, ramp = 3, 4, 0.5, 75.0, 0.4
+    model = _Lin(C=C)
+    ref = copy.deepcopy(model)
+    mix = MixMatch(model, C, T=T, K=2, alpha=0.75, lambda_u=lam_u, rampup=ramp, ema_decay=None, augment=_Shift())
+    g = torch.Generator().manual_seed(0)
+    batch = {"image": torch.rand(b, 1, 3, 4, generator=g), "expression": torch.tensor([0, 2, 1, 0]),
+             "u_image": torch.rand(3, 1, 3, 4, generator=g)}
+    q_step = mix.guess([batch["u_image"] + 0.2, batch["u_image"] + 0.3])  # Eq. 7-8 on the two views
+    torch.manual_seed(5)
+    np.random.seed(5)
+    logs = mix.train_step(batch, SimpleNamespace(progress=progress))
+
+    np.random.seed(5)
+    v = float(np.random.beta(0.75, 0.75))
+    lam = max(v, 1 - v)
+    torch.manual_seed(5)
+    xl, xu1, xu2 = batch["image"] + 0.1, batch["u_image"] + 0.2, batch["u_image"] + 0.3
+    with torch.no_grad():
+        p = torch.stack([torch.softmax(ref(x), 1) for x in (xu1, xu2)]).mean(0)
+        q = p ** (1 / T) / (p ** (1 / T)).sum(1, keepdim=True)
+    assert torch.allclose(q_step, q, atol=1e-6)
+    all_x = torch.cat([xl, xu1, xu2])
+    all_y = torch.cat([F.one_hot(batch["expression"], C).float(), q, q])
+    perm = torch.randperm(len(all_x))
+    mx, my = lam * all_x + (1 - lam) * all_x[perm], lam * all_y + (1 - lam) * all_y[perm]
+    logits = ref(mx)
+    lx = -(my[:b] * torch.log_softmax(logits[:b], 1)).sum(1).mean()
+    lu = ((torch.softmax(logits[b:], 1) - my[b:]) ** 2).mean()
+    loss = lx + lam_u * min(1.0, progress / ramp) * lu
+    loss.backward()
+    for name, val in (("loss_x", lx), ("loss_u", lu), ("loss", loss)):
+        assert torch.allclose(logs[name], val.detach(), atol=1e-5), name
+    for p_, r in zip(model.parameters(), ref.parameters()):
+        assert torch.allclose(p_.grad, r.grad, atol=1e-5)
+
+
+def test_mixmatch_whole_pool_labelled_has_no_unlabelled_batch():
+    """Issue #17: the "All" column (budget = pool) gives batches without u_image; MixMatch then
+    trains on MixUp'ed labelled data (L_u = 0) instead of raising KeyError."""
+    ds = _faces(40)
+    lab, unl = balanced_label_split(ds.labels["expression"], 40, 4, torch.Generator().manual_seed(0))
+    assert len(unl) == 0
+    batches = PairedBatches(ds.subset(lab), None, 8, 2, 0, 0, torch.device("cpu"))
+    model = WideResNet(4, depth=10, widen_factor=1, in_channels=1, bn_momentum=0.1)
+    mix = MixMatch(model, 4, ema_decay=0.9)
+    for batch in batches:
+        assert "u_image" not in batch
+        logs = mix.train_step(batch, SimpleNamespace(progress=0.5))
+        assert float(logs["loss_u"]) == 0.0 and torch.isfinite(logs["loss"])
+        assert torch.allclose(logs["loss"], logs["loss_x"])

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from fer_nb.device import autocast
 from fer_nb.ssl.mixmatch import SSLMethod
 
 
@@ -43,8 +44,8 @@ class MeanTeacher(SSLMethod):
         x = torch.cat([xl, batch["u_image"]]) if "u_image" in batch else xl
         b = xl.shape[0]
         x1, x2 = self.augment(x), self.augment(x)
-        logits = self.model(x1).float()
-        with torch.no_grad():
+        logits = self.forward(x1).float()
+        with torch.no_grad(), autocast(self.device, enabled=self.amp):
             self.ema_model.train()  # teacher BN in the same mode as the student's
             teacher = torch.softmax(self.ema_model(x2).float(), 1)
         ce = F.cross_entropy(logits[:b], y)

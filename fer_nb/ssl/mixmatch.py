@@ -20,7 +20,12 @@ the ``K`` views (Eq. 7) and sharpen with ``T`` (Eq. 8); MixUp (Eq. 9, ``lambda' 
 soft cross entropy on the mixed labelled part, ``L_u`` the mean squared error between softmax and
 guessed labels on the mixed unlabelled part, ``w(t)`` a linear ramp-up. The mixed batch goes through
 the network in one forward pass, so BN sees labelled and unlabelled data together (what MixMatch's
-interleaving achieves with chunked passes).
+interleaving achieves with chunked passes). When the label budget covers the whole pool (the
+"All" column of Tables 3-4) there is no unlabelled batch: the step is then MixUp on labelled data
+with ``L = L_x`` (``L_u`` logged as 0).
+
+Every forward pass runs under :func:`fer_nb.device.autocast` (bf16 on CUDA; on the CPU with
+``FER_NB_CPU_BF16=1``); logits are cast to float32 before the losses.
 """
 from __future__ import annotations
 
@@ -33,6 +38,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from fer_nb import fast
+from fer_nb.device import autocast
 from fer_nb.data.augment import Augment
 from fer_nb.data.schema import FaceArrays
 from fer_nb.ssl.ema import WeightEMA, make_ema_model
@@ -149,8 +155,8 @@ class SSLMethod:
                  weight_decay: float = 0.0, augment: Callable | None = None):
         self.model = model
         self.num_classes = num_classes
-        device = next(model.parameters()).device
-        self.optimizer = fast.optimizer("adam", model.parameters(), lr, device)  # fused on CUDA
+        self.device = next(model.parameters()).device
+        self.optimizer = fast.optimizer("adam", model.parameters(), lr, self.device)  # fused on CUDA
         self.augment = augment or Augment()
         if ema_decay is not None:
             self.ema_model = make_ema_model(model)
@@ -163,6 +169,14 @@ class SSLMethod:
     def eval_model(self) -> nn.Module:
         """The model to evaluate: the EMA model when there is one (MixMatch evaluates it)."""
         return self.ema_model if self.ema_model is not None else self.model
+
+    #: run the forward passes under :func:`fer_nb.device.autocast` (set False for a float32 baseline)
+    amp: bool = True
+
+    def forward(self, x: torch.Tensor, **kw):
+        """``model(x, **kw)`` under the book's autocast (bf16 on CUDA) unless ``amp`` is False."""
+        with autocast(self.device, enabled=self.amp):
+            return self.model(x, **kw)
 
     def modules(self) -> dict[str, nn.Module]:
         return {"model": self.model}
@@ -206,7 +220,7 @@ class Supervised(SSLMethod):
         lam = sample_lambda(self.mixup_alpha)
         if lam < 1.0:
             x, y = mixup(x, y, lam, torch.randperm(x.shape[0], device=x.device))
-        loss = soft_cross_entropy(self.model(x), y)
+        loss = soft_cross_entropy(self.forward(x), y)
         self._update(loss)
         return {"loss": loss.detach()}
 
@@ -229,23 +243,25 @@ class MixMatch(SSLMethod):
             raise ValueError(f"K (unlabelled augmentations) must be >= 1, got {K}")
         self.T, self.K, self.alpha, self.lambda_u, self.rampup = T, K, alpha, lambda_u, rampup
 
+    @torch.no_grad()
+    def guess(self, xus: list[torch.Tensor]) -> torch.Tensor:
+        """Eq. 7-8: average the softmax over the ``K`` augmented views, then sharpen with ``T``."""
+        logits_u = self.forward(torch.cat(xus)).float()
+        p = guess_labels(torch.softmax(logits_u, 1).view(len(xus), -1, self.num_classes))  # Eq. 7
+        return sharpen(p, self.T)                                                          # Eq. 8
+
     def train_step(self, batch: dict, ctx: SimpleNamespace) -> dict[str, torch.Tensor]:
         xl = self.augment(batch["image"])
         yl = F.one_hot(batch["expression"], self.num_classes).float()
         b = xl.shape[0]
-        xus = [self.augment(batch["u_image"]) for _ in range(self.K)]
-        with torch.no_grad():
-            logits_u = self.model(torch.cat(xus)).float()
-            p = guess_labels(torch.softmax(logits_u, 1).view(self.K, -1, self.num_classes))
-            q = sharpen(p, self.T)
-        all_x = torch.cat([xl, *xus])
-        all_y = torch.cat([yl, q.repeat(self.K, 1)])
+        xus = [self.augment(batch["u_image"]) for _ in range(self.K)] if "u_image" in batch else []
+        all_x, all_y = (torch.cat([xl, *xus]), torch.cat([yl, self.guess(xus).repeat(self.K, 1)])) if xus else (xl, yl)
         lam = sample_lambda(self.alpha)
-        mx, my = mixup(all_x, all_y, lam, torch.randperm(all_x.shape[0], device=all_x.device))
-        logits = self.model(mx).float()
-        lx = soft_cross_entropy(logits[:b], my[:b])
-        lu = (torch.softmax(logits[b:], 1) - my[b:]).pow(2).mean()
-        w = self.lambda_u * linear_rampup(ctx.progress, self.rampup)
+        mx, my = mixup(all_x, all_y, lam, torch.randperm(all_x.shape[0], device=all_x.device))  # Eq. 9
+        logits = self.forward(mx).float()
+        lx = soft_cross_entropy(logits[:b], my[:b])                                  # L_x
+        lu = (torch.softmax(logits[b:], 1) - my[b:]).pow(2).mean() if xus else lx.new_zeros(())  # L_u
+        w = self.lambda_u * linear_rampup(ctx.progress, self.rampup)                 # w(t) lambda_u
         loss = lx + w * lu
         self._update(loss)
         return {"loss": loss.detach(), "loss_x": lx.detach(), "loss_u": lu.detach()}
