@@ -47,7 +47,8 @@ def _aus(**active):
 
 def test_pseudo_emotion_targets_and_masked_mse_by_hand():
     out_aus = torch.stack([_aus(a6=0.9, a12=0.8),                 # happiness (6 + 12)
-                           _aus(a9=0.7, a4=0.2),                  # disgust keeps AU9 only: 0.7 > anger 0.1
+                           _aus(a9=0.9, a4=0.7, a5=0.7),          # disgust keeps AU9 only: 0.9 > anger 0.7
+                                                                  # (dividing by the full 3 AUs would pick anger)
                            _aus(a1=0.8, a2=0.9, a5=0.6, a26=0.7),  # surprise (1+2+5+26): 0.75 > fear 0.5
                            _aus(a4=0.9, a5=0.8)])                 # anger (4 + 5): 0.85 > fear 0.28
     labels = torch.zeros(2, len(AUS))
@@ -60,7 +61,7 @@ def test_pseudo_emotion_targets_and_masked_mse_by_hand():
     names = [pe.PSEUDO_EMOTIONS[i] for i in u]
     assert names == ["happiness", "disgust", "surprise", "anger"]
     sq_row0 = ((out_aus[0] - labels[0, cols]) ** 2).sum()
-    sq_row1 = (out_aus[1, 0] - 0.0) ** 2
+    sq_row1 = (out_aus[1, 0] - 0.0) ** 2      # AU1 output of row 1 is 0
     assert sup.item() == pytest.approx(float((sq_row0 + sq_row1) / 13))
 
 
