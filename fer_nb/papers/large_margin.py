@@ -220,7 +220,8 @@ def _synthfacs(cfg) -> LMData:
     from fer_nb.data import synthfacs
 
     n_sub = cfg.n_subjects
-    common = dict(domain=cfg.domain, image_size=cfg.image_size, class_priors="rafdb", device=cfg.device)  # rendered on the GPU when there is one
+    # rendered on cfg.device (the GPU when there is one: the gpu preset's 227 px wild faces are slow on a CPU)
+    common = dict(domain=cfg.domain, image_size=cfg.image_size, class_priors="rafdb", device=cfg.device)
     pool = hide_labels(synthfacs.generate(cfg.n_unlabelled, seed=13, n_subjects=4 * n_sub, subject_offset=10_000,
                                           **common), "synthfacs-unlabelled")
     return LMData(
@@ -349,7 +350,8 @@ def run_row(cfg, data: LMData, task: str, row: str, seed: int):
     kind, use_pool = (T1_ROWS if task == "t1" else T2_ROWS)[row]
     seed_everything(seed)
     t1 = task == "t1"
-    labelled, test, unl = (data.expr_train, data.expr_test, data.pool) if t1 else (data.au_train, data.au_test, data.au_pool)
+    labelled, test, unl = ((data.expr_train, data.expr_test, data.pool) if t1
+                           else (data.au_train, data.au_test, data.au_pool))
     model = new_model(cfg, data, task)
     aux = make_aux(kind, data.num_classes if t1 else len(pe.PSEUDO_EMOTIONS), cfg)
     modules, extra = {"model": model}, {}

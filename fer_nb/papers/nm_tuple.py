@@ -304,8 +304,9 @@ def finetune(cfg, proto: Mapping, kind: str, variant: str, seed: int, fold: int,
     tr_cpu = train_rows.cpu()
 
     def batches(epoch):
+        g_epoch = torch.Generator().manual_seed(100_000 * seed + 1000 * fold + epoch)   # same tuples after a resume
         sam = IdentityAwareSampler(y_all[tr_cpu.to(y_all.device)].cpu(), s_all[tr_cpu.to(s_all.device)].cpu(),
-                                   cfg.n_positives, generator=torch.Generator().manual_seed(100_000 * seed + 1000 * fold + epoch))
+                                   cfg.n_positives, generator=g_epoch)
         return [tr_cpu[b.indices].to(cfg.device) for b in sam.epoch(cfg.tuples_per_batch)]
 
     def step(tuples, ctx):
@@ -449,7 +450,8 @@ def mean_confusion(runs: list[dict], kind: str, variant: str = "2B(N+M)Softmax")
 def leakage_table(frame: pd.DataFrame) -> dict:
     """Identity leakage of the metric embedding and of FC2 per variant and protocol (mean, std)."""
     out = {}
-    kinds = [k for k in dict.fromkeys(frame.protocol) if "leak_emb" in frame and frame[frame.protocol == k].leak_emb.notna().all()]
+    kinds = [k for k in dict.fromkeys(frame.protocol)
+             if "leak_emb" in frame and frame[frame.protocol == k].leak_emb.notna().all()]
     for v in VARIANTS:
         row = {}
         for kind in kinds:
@@ -472,11 +474,12 @@ def ordering_rows(frame: pd.DataFrame, paper_tables: Mapping) -> list[dict]:
     whether 2B(N+M) is our best variant."""
     rows = []
     for kind in dict.fromkeys(frame.protocol):
-        paper_acc = [(paper_tables["table5"]["rows"][v]["val"] if kind == "sfew" else paper_tables["table3"]["rows"][v][kind])
-                     for v in VARIANTS]
+        paper_acc = [paper_tables["table5"]["rows"][v]["val"] if kind == "sfew"
+                     else paper_tables["table3"]["rows"][v][kind] for v in VARIANTS]
         ours = [_mean_std(frame[(frame.protocol == kind) & (frame.variant == v)].seq_acc)[0] for v in VARIANTS]
         best = list(VARIANTS)[int(np.argmax(ours))]
-        rows.append({"protocol": kind, "ours (best first)": " > ".join(v for _, v in sorted(zip(ours, VARIANTS), reverse=True)),
+        ranked = " > ".join(v for _, v in sorted(zip(ours, VARIANTS), reverse=True))
+        rows.append({"protocol": kind, "ours (best first)": ranked,
                      "spearman vs paper": round(spearman(paper_acc, ours), 2), "2B(N+M) best": best == "2B(N+M)Softmax",
                      "acc": dict(zip(VARIANTS, ours))})
     return rows
