@@ -26,9 +26,11 @@ Everything is one matrix product ``p = a @ W.T`` with ``W[k, m] = 1 / n_k`` for 
 """
 from __future__ import annotations
 
+import functools
 from typing import Mapping, Sequence
 
 import torch
+from torch._subclasses.fake_tensor import FakeTensor
 
 from fer_nb.data.schema import AUS, EXPRESSIONS
 
@@ -91,8 +93,19 @@ def pseudo_emotion_probs(au_outputs: torch.Tensor, au_columns: Sequence[int] = E
             f"{tuple(au_outputs.shape)}"
         )
     dt = torch.float64 if au_outputs.dtype == torch.float64 else torch.float32
-    W = prototype_matrix(au_columns, emotions, dtype=dt, device=au_outputs.device)
+    if isinstance(au_outputs, FakeTensor):        # never cache a fake tensor (device checks without a GPU)
+        W = prototype_matrix(au_columns, emotions, dtype=dt, device=au_outputs.device)
+    else:
+        W = _cached_matrix(tuple(int(a) for a in au_columns), tuple(emotions), dt, au_outputs.device)
     return au_outputs.to(dt) @ W.T
+
+
+@functools.lru_cache(maxsize=32)
+def _cached_matrix(au_columns: tuple[int, ...], emotions: tuple[str, ...], dtype: torch.dtype,
+                   device: torch.device) -> torch.Tensor:
+    """:func:`prototype_matrix`, built once per (columns, emotions, dtype, device): a training step
+    reuses it instead of writing a dozen entries to a device tensor every time (read-only)."""
+    return prototype_matrix(au_columns, emotions, dtype=dtype, device=device)
 
 
 def pseudo_emotion_labels(au_outputs: torch.Tensor, au_columns: Sequence[int] = EMOTIONET_AUS,

@@ -20,6 +20,11 @@ codes the peak frame; its AUs (binary occurrence) are copied to the last frames 
 48x48 variant ("CK+48" on Kaggle): ``CK+48/{anger,contempt,disgust,fear,happy,sadness,surprise}/
 S010_004_00000017.png``, the last three frames of each sequence already cropped; subject and
 sequence are parsed from the file names.
+
+Face crop (``face_crop=0.6``): the original frames are whole 640x490 studio frames; a fixed central
+square of that fraction of the shorter side is cropped before the resize
+(:func:`fer_nb.data.face_crop.central_face_box`; no detector, no alignment). ``None`` (default)
+keeps the whole frame. The CK+48 variant is already cropped: a ``face_crop`` there is an error.
 """
 from __future__ import annotations
 
@@ -31,6 +36,7 @@ import numpy as np
 import torch
 
 from fer_nb.data.errors import DatasetSpec, check_size
+from fer_nb.data.face_crop import check_fraction, face_boxes
 from fer_nb.data.images import class_folders, list_images, load_images
 from fer_nb.data.schema import AUS, EXPRESSIONS, FaceArrays
 
@@ -73,7 +79,7 @@ def _subject_id(name: str, path: Path) -> int:
     return int(name[1:])
 
 
-def _load_original(root: Path, size: int, ch: int, frames: int, neutral_first: bool):
+def _load_original(root: Path, size: int, ch: int, frames: int, neutral_first: bool, face_crop: float | None = None):
     img_root = SPEC.dir(root / "cohn-kanade-images", "cohn-kanade-images/")
     emo_root = SPEC.dir(root / "Emotion", "Emotion/ (Emotion_labels.zip)")
     facs_root = root / "FACS"
@@ -120,12 +126,12 @@ def _load_original(root: Path, size: int, ch: int, frames: int, neutral_first: b
         n_seq += 1
     if not paths:
         raise SPEC.error("no labelled sequences: Emotion/S*/*/*_emotion.txt matched nothing", emo_root)
-    images = load_images(paths, image_size=size, channels=ch, spec=SPEC)
+    images = load_images(paths, image_size=size, channels=ch, spec=SPEC, boxes=face_boxes(paths, face_crop))
     labels = {"expression": torch.tensor(y), "subject": torch.tensor(subj),
               "sequence": torch.tensor(seq), "frame": torch.tensor(frame),
               "aus": torch.from_numpy(np.stack(aus)), "aus_mask": torch.from_numpy(np.stack(mask))}
     return images, labels, {"source": "original", "sequences": n_seq, "frames": frames,
-                            "neutral_first": neutral_first}
+                            "neutral_first": neutral_first, "face_crop": face_crop}
 
 
 def _load_48(folder: Path, size: int, ch: int):
@@ -149,15 +155,27 @@ def _load_48(folder: Path, size: int, ch: int):
 
 
 def load(root: str | os.PathLike, split: str | None = None, image_size: int | None = None,
-         channels: int | None = None, frames: int = 3, neutral_first: bool = False) -> FaceArrays:
-    """CK+ as 8 canonical classes (contempt included); split ``all`` (cross-validate by subject)."""
+         channels: int | None = None, frames: int = 3, neutral_first: bool = False,
+         face_crop: float | None = None) -> FaceArrays:
+    """CK+ as 8 canonical classes (contempt included); split ``all`` (cross-validate by subject).
+
+    ``face_crop``: fraction of the shorter side for the fixed central face crop of the original
+    frames (see the module docstring); ``None`` = whole frame.
+    """
     root = SPEC.root(root)
     split = SPEC.split(split)
     size, ch = check_size(SPEC, image_size, channels, DEFAULT_SIZE, DEFAULT_CHANNELS)
     if isinstance(frames, bool) or not isinstance(frames, int) or frames < 1:
         raise SPEC.error(f"frames must be a positive int (last frames per sequence), got {frames!r}")
+    try:
+        face_crop = check_fraction(face_crop)
+    except ValueError as exc:
+        raise SPEC.error(str(exc)) from None
     if (root / "cohn-kanade-images").is_dir() or (root / "Emotion").is_dir():
-        images, labels, info = _load_original(root, size, ch, frames, neutral_first)
+        images, labels, info = _load_original(root, size, ch, frames, neutral_first, face_crop)
+    elif face_crop is not None:
+        raise SPEC.error(f"face_crop={face_crop} is for the original whole frames (cohn-kanade-images/); the "
+                         "CK+48 variant is already cropped: pass face_crop=None", root)
     elif (root / "CK+48").is_dir():
         images, labels, info = _load_48(root / "CK+48", size, ch)
     elif any(p.is_dir() and p.name.lower() in CK48_FOLDERS for p in root.iterdir()):

@@ -18,6 +18,11 @@ that order (:data:`MMI_ORDER`). Sessions present on disk but not in ``labels.csv
 Protocol (Liu et al., 2B(N+M)Softmax): the ``frames`` (default 3) frames in the middle of each
 sequence take the sequence label (the apex of an onset-apex-offset clip lies near its middle);
 10 subject-independent folds via :func:`fer_nb.data.splits.subject_kfold`.
+
+Face crop (``face_crop=0.6``): MMI frames are whole 720x576 studio frames; a fixed central square
+of that fraction of the shorter side is cropped before the resize
+(:func:`fer_nb.data.face_crop.central_face_box`; no detector, no alignment); ``None`` (default)
+keeps the whole frame.
 """
 from __future__ import annotations
 
@@ -27,6 +32,7 @@ import os
 import torch
 
 from fer_nb.data.errors import DatasetSpec, check_size
+from fer_nb.data.face_crop import check_fraction, face_boxes
 from fer_nb.data.images import list_images, load_images
 from fer_nb.data.schema import EXPRESSIONS, FaceArrays
 
@@ -68,13 +74,20 @@ def _emotion(value: str, line: int, path) -> int:
 
 
 def load(root: str | os.PathLike, split: str | None = None, image_size: int | None = None,
-         channels: int | None = None, frames: int = 3) -> FaceArrays:
-    """MMI, 6 expressions (canonical indices 1..6; class_names has 7, neutral empty)."""
+         channels: int | None = None, frames: int = 3, face_crop: float | None = None) -> FaceArrays:
+    """MMI, 6 expressions (canonical indices 1..6; class_names has 7, neutral empty).
+
+    ``face_crop``: fraction of the shorter side for the fixed central face crop (module docstring).
+    """
     root = SPEC.root(root)
     split = SPEC.split(split)
     size, ch = check_size(SPEC, image_size, channels, DEFAULT_SIZE, DEFAULT_CHANNELS)
     if isinstance(frames, bool) or not isinstance(frames, int) or frames < 1:
         raise SPEC.error(f"frames must be a positive int (middle frames per sequence), got {frames!r}")
+    try:
+        face_crop = check_fraction(face_crop)
+    except ValueError as exc:
+        raise SPEC.error(str(exc)) from None
     label_csv = SPEC.file(root / "labels.csv", "label table labels.csv")
     sessions = SPEC.dir(root / "Sessions", "Sessions/")
     with open(label_csv, newline="") as fh:
@@ -109,10 +122,11 @@ def load(root: str | os.PathLike, split: str | None = None, image_size: int | No
             frame.append(idx)
     if not paths:
         raise SPEC.error("labels.csv lists no sessions", label_csv)
-    images = load_images(paths, image_size=size, channels=ch, spec=SPEC)
+    images = load_images(paths, image_size=size, channels=ch, spec=SPEC, boxes=face_boxes(paths, face_crop))
     n = len(paths)
     labels = {"expression": torch.tensor(y), "subject": torch.tensor(subj),
               "domain": torch.zeros(n, dtype=torch.int64), "sequence": torch.tensor(seq),
               "frame": torch.tensor(frame)}
     return FaceArrays(images, labels, "mmi", EXPRESSIONS[:7],
-                      {"root": str(root), "split": split, "frames": frames, "dataset_order": MMI_ORDER})
+                      {"root": str(root), "split": split, "frames": frames, "face_crop": face_crop,
+                       "dataset_order": MMI_ORDER})
