@@ -5,6 +5,8 @@
   MixMatch a per-tensor Python EMA loop (YU1ut's reference).
 * ``fast``: the ``fer_nb`` path: bf16 autocast on CUDA, channels_last, fused (CUDA) / foreach
   optimizers, foreach EMA, no host sync inside the step.
+* ``chapter``: the step the chapter itself trains with, imported from ``fer_nb.papers.<paper>`` (so the
+  book's speed is what is measured, not only this file's copy of it).
 
 Each builder returns ``(step, images_per_step)``; ``step()`` runs one full training iteration on
 random tensors already on the device (the data pipeline is timed separately).
@@ -30,6 +32,7 @@ class StepSpec:
     batch: int          # paper batch (GPU)
     quick_batch: int    # batch used with --quick (CPU)
     build: Callable
+    build_chapter: Callable | None = None   # (device, batch, size) -> (step, images) from fer_nb.papers
 
 
 def _opt(params, lr, device, mode, **kw):
@@ -183,6 +186,7 @@ def build_margin_mix(device, mode, batch, size):
 
     model = fast.prepare(wrn28_2(7, 3, bn_momentum=0.01), device, channels_last=mode == "fast" and device.type == "cuda")
     method = MixMatch(model, 7, lr=0.002, ema_decay=0.999, weight_decay=0.02 * 0.002)
+    method.amp = mode == "fast"   # the plain reference is fp32 throughout
     if mode == "plain":
         method.optimizer = torch.optim.Adam(model.parameters(), lr=0.002, foreach=False)
         method.ema = _LoopEMA(model, method.ema_model)
@@ -198,10 +202,94 @@ def build_margin_mix(device, mode, batch, size):
     return step, 3 * batch  # 64 labelled + 2 x 64 unlabelled augmentations (as the issue counts them)
 
 
+def _ctx():
+    from types import SimpleNamespace
+
+    return SimpleNamespace(epoch=0, step=0, total_steps=1000, progress=0.5)
+
+
+def chapter_large_margin(device, batch, size):
+    """``fer_nb.papers.large_margin.train_step`` (Eq. 4, Table 1): labelled + unlabelled rows, L_S + lambda L_M."""
+    from fer_nb.losses.large_margin import LargeMarginLoss
+    from fer_nb.models.large_margin_net import LargeMarginNet
+    from fer_nb.papers import large_margin
+
+    model = fast.prepare(LargeMarginNet(3, 1.0, num_classes=7, num_aus=0), device)
+    aux = LargeMarginLoss(7, model.embedding_dim).to(device)
+    opt = fast.optimizer("adam", list(model.parameters()), 1e-4, device)
+    half = max(1, batch // 2)
+    batch_dict = {"image": _images(half, 3, size, device, "fast"), "expression": torch.randint(0, 7, (half,), device=device),
+                  "u_image": _images(batch - half, 3, size, device, "fast")}
+    weights = large_margin.Weights()
+    au_cols = torch.arange(1, device=device)
+    return (lambda: large_margin.train_step(model, aux, opt, batch_dict, 0.5, task="t1", kind="lm", w=weights,
+                                            au_cols=au_cols)), batch
+
+
+def chapter_nm_tuple(device, batch, size):
+    """``fer_nb.papers.nm_tuple.finetune_step``: softmax on the queries + alpha x adaptive (N+M) clusters loss."""
+    from fer_nb.losses.nm_tuple_clusters import NMTupleClustersLoss
+    from fer_nb.models.inception_fer import InceptionFER
+    from fer_nb.papers import nm_tuple
+
+    model = fast.prepare(InceptionFER(7, 1, 1.0, branches=2), device)
+    loss_fn = NMTupleClustersLoss(adaptive=True, embedding_dim=model.embedding_dim).to(device)
+    opt = fast.optimizer("adam", list(model.parameters()) + list(loss_fn.parameters()), 1e-3, device)
+    m, n = 6, 6                                   # M positives, N = 6 negatives (7 classes)
+    tuples_n = max(1, batch // (1 + m + n))
+    images = torch.randint(0, 256, (tuples_n * (1 + m + n), 1, size, size), dtype=torch.uint8, device=device)
+    labels = torch.cat([torch.tensor([0] * (1 + m) + list(range(1, n + 1)))] * tuples_n).to(device)
+    tuples = torch.arange(len(images), device=device).reshape(tuples_n, 1 + m + n)
+    return (lambda: nm_tuple.finetune_step(model, loss_fn, opt, images, labels, tuples, 1.0, 2)), len(images)
+
+
+def chapter_caf(device, batch, size):
+    """``fer_nb.papers.caf.CAFSteps.train_step``: critic, adversarial (critic frozen) and AV steps."""
+    from fer_nb.models.caf import CAFNet
+    from fer_nb.papers import caf
+
+    net = fast.prepare(CAFNet("alexnet", 3, 1.0), device)
+    steps = caf.CAFSteps(net, caf.make_critic_loss("caf_delta"), lr=1e-4)
+    batch_dict = {"image": _images(batch, 3, size, device, "fast"), "va": torch.rand(batch, 2, device=device) * 2 - 1}
+    ctx = _ctx()
+    return (lambda: steps.train_step(batch_dict, ctx)), batch
+
+
+def chapter_udat_as(device, batch, size):
+    """``fer_nb.papers.udat_as.udat_step`` (Eq. 19-21) with the angular-margin domain head."""
+    from types import SimpleNamespace
+
+    from fer_nb.papers import udat_as
+
+    hp = SimpleNamespace(width=1.0, fc_dim=4096, domain_dim=1024, angular_scale=64.0, angular_margin=0.5,
+                         overflow="arcface", batch_norm=False, pool_size=7, dropout=0.5, lr=1e-3, momentum=0.9,
+                         weight_decay=5e-4, device=device)
+    net = udat_as.make_net(hp, "angular_margin", 0.5)
+    opt = udat_as.sgd(hp, net)
+    batch_dict = {"image": _images(batch, 3, size, device, "fast"), "expression": torch.randint(0, 7, (batch,), device=device),
+                  "target_image": _images(batch, 3, size, device, "fast")}
+    return (lambda: udat_as.udat_step(net, opt, batch_dict, device)), 2 * batch
+
+
+def chapter_margin_mix(device, batch, size):
+    """``fer_nb.papers.margin_mix.MarginMix.train_step`` (Algorithm 1: centroids, guesses, MixUp, Eq. 10)."""
+    from fer_nb.models.wrn import wrn28_2
+    from fer_nb.papers.margin_mix import MarginMix
+
+    model = fast.prepare(wrn28_2(7, 3, bn_momentum=0.01), device)
+    method = MarginMix(model, 7)
+    batch_dict = {"image": _images(batch, 3, size, device, "fast"), "expression": torch.randint(0, 7, (batch,), device=device),
+                  "u_image": _images(batch, 3, size, device, "fast")}
+    ctx = _ctx()
+    return (lambda: method.train_step(batch_dict, ctx)), 3 * batch
+
+
 STEPS = [
-    StepSpec("large_margin", "AlexNet 227 px, batch 128", 227, 3, 128, 8, build_large_margin),
-    StepSpec("nm_tuple", "Inception FER net 48 px gray, batch 128", 48, 1, 128, 32, build_nm_tuple),
-    StepSpec("caf", "AlexNet 224 px, batch 256 (AV + critic + adversarial)", 224, 3, 256, 8, build_caf),
-    StepSpec("udat_as", "VGG16 224 px, batch 64 source + 64 target", 224, 3, 64, 2, build_udat_as),
-    StepSpec("margin_mix", "WRN-28-2 32 px, batch 64 + 2x64 unlabelled (MixMatch step)", 32, 3, 64, 16, build_margin_mix),
+    StepSpec("large_margin", "AlexNet 227 px, batch 128", 227, 3, 128, 8, build_large_margin, chapter_large_margin),
+    StepSpec("nm_tuple", "Inception FER net 48 px gray, batch 128 (chapter: 9 tuples of 1+6+6)", 48, 1, 128, 32,
+             build_nm_tuple, chapter_nm_tuple),
+    StepSpec("caf", "AlexNet 224 px, batch 256 (AV + critic + adversarial)", 224, 3, 256, 8, build_caf, chapter_caf),
+    StepSpec("udat_as", "VGG16 224 px, batch 64 source + 64 target", 224, 3, 64, 2, build_udat_as, chapter_udat_as),
+    StepSpec("margin_mix", "WRN-28-2 32 px, batch 64 + 2x64 unlabelled (MixMatch step; chapter: Margin-Mix step)",
+             32, 3, 64, 16, build_margin_mix, chapter_margin_mix),
 ]
