@@ -1,0 +1,307 @@
+"""Pairs of a batch and the miners that choose among them (course chapter, issue #21).
+
+A *miner* looks at the embeddings of a batch, without gradient, and chooses which tuples a loss
+sees. All miners here return index tensors, the format pytorch-metric-learning uses, so any of
+them can feed :class:`fer_nb.losses.triplet.TripletLoss` through its ``triplets=`` argument:
+
+* :func:`batch_hard` (Hermans, Beyer & Leibe, "In Defense of the Triplet Loss", 2017, Eq. 5):
+  for every anchor its *farthest* positive and its *nearest* negative, one triplet per anchor;
+* :func:`semi_hard` (Schroff, Kalenichenko & Philbin, FaceNet, CVPR 2015, Sec. 3.2): every triplet
+  whose negative is farther than the positive but still inside the margin,
+  ``D_ap < D_an <= D_ap + margin`` (the condition of pytorch-metric-learning's
+  ``TripletMarginMiner(type_of_triplets="semihard")``);
+* :func:`distance_weighted` (Wu, Manmatha, Smola & Kraehenbuehl, "Sampling Matters in Deep
+  Embedding Learning", ICCV 2017, Sec. 4): one negative per positive pair, drawn with probability
+  ``w = min(lambda, q(d)^{-1})`` where ``q(d) \\propto d^{n-2} (1 - d^2/4)^{(n-3)/2}`` is the density
+  of distances between random points of the unit sphere in ``n`` dimensions, so that negatives of
+  every distance are drawn about equally often instead of mostly the ``sqrt(2)``-far ones;
+* :func:`online_positive_mining` (Liu et al., (N+M)-tuple clusters, CVPRW 2017, Algorithm 1):
+  keeps a class's positives that are nearer to its centre than the centre's nearest negative.
+  It mines *positives* and is applied per cluster, not per anchor; the loss that uses it is
+  :class:`fer_nb.losses.nm_tuple_clusters.NMTupleClustersLoss`.
+
+The pair helpers :func:`check_batch`, :func:`pair_masks` and :func:`reduce_rows` are shared by the
+course losses (``fer_nb/losses/{multi_similarity,lifted_structure,npair,supcon,circle}.py``).
+Every miner has a loop reference (``*_loop``) beside it, which the tests compare with.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch.nn import functional as F
+
+from fer_nb.losses.common import working_dtype
+from fer_nb.losses.distances import pairwise_distances
+
+REDUCTIONS = ("mean", "sum", "none")
+
+__all__ = ["REDUCTIONS", "check_batch", "check_reduction", "pair_masks", "reduce_rows", "cosine_matrix",
+           "batch_hard", "batch_hard_loop", "semi_hard", "semi_hard_loop", "distance_weights",
+           "distance_weights_loop", "distance_weighted", "online_positive_mining", "online_positive_mining_loop",
+           "MINERS"]
+
+
+# ------------------------------------------------------------------------------------ pair helpers
+
+def check_batch(embeddings: torch.Tensor, labels: torch.Tensor, name: str) -> None:
+    """Shape and dtype checks of a batch (errors name the fix)."""
+    if not isinstance(embeddings, torch.Tensor) or embeddings.ndim != 2:
+        shape = tuple(embeddings.shape) if isinstance(embeddings, torch.Tensor) else type(embeddings).__name__
+        raise ValueError(f"{name}: embeddings must be a (batch, dim) tensor, got {shape}; flatten them first")
+    if not embeddings.dtype.is_floating_point:
+        raise TypeError(f"{name}: embeddings must be floating point (use embeddings.float()), got {embeddings.dtype}")
+    if not isinstance(labels, torch.Tensor) or labels.ndim != 1 or labels.shape[0] != embeddings.shape[0]:
+        shape = tuple(labels.shape) if isinstance(labels, torch.Tensor) else type(labels).__name__
+        raise ValueError(f"{name}: labels must be (batch,) = ({embeddings.shape[0]},), got {shape}")
+    if labels.dtype.is_floating_point or labels.dtype == torch.bool:
+        raise TypeError(f"{name}: labels must be integer class ids (use labels.long()), got {labels.dtype}")
+
+
+def check_reduction(reduction: str, name: str) -> str:
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"{name}: reduction must be one of {REDUCTIONS}, got {reduction!r}")
+    return reduction
+
+
+def pair_masks(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(pos, neg)`` boolean ``(B, B)`` masks: same label and ``i != j`` / different label.
+
+    Rows and columns labelled ``-1`` (unlabelled) belong to neither mask.
+    """
+    valid = labels >= 0
+    both = valid[:, None] & valid[None, :]
+    same = labels[:, None] == labels[None, :]
+    eye = torch.eye(len(labels), dtype=torch.bool, device=labels.device)
+    return same & both & ~eye, ~same & both
+
+
+def reduce_rows(values: torch.Tensor, keep: torch.Tensor, reduction: str) -> torch.Tensor:
+    """Mean over the kept rows (0 when none is kept, still connected to the graph), sum, or the
+    per-row values with 0 in the rows that are not kept (``"none"``)."""
+    values = torch.where(keep, values, torch.zeros_like(values))
+    if reduction == "none":
+        return values
+    total = values.sum()
+    if reduction == "sum":
+        return total
+    return total / keep.sum().clamp_min(1).to(values.dtype)
+
+
+def cosine_matrix(x: torch.Tensor, y: torch.Tensor | None = None, eps: float = 1e-12) -> torch.Tensor:
+    """``S[i, j] = cos(x_i, y_j)`` (``y = x`` when omitted); a zero vector has cosine 0."""
+    xn = F.normalize(x, dim=1, eps=eps)
+    return xn @ (xn if y is None else F.normalize(y, dim=1, eps=eps)).T
+
+
+def _distances(embeddings: torch.Tensor, power: int, normalize: bool) -> torch.Tensor:
+    x = embeddings.detach().to(working_dtype(embeddings))
+    if normalize:
+        x = F.normalize(x, dim=1)
+    return pairwise_distances(x, None, power)
+
+
+def _empty(device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    e = torch.zeros(0, dtype=torch.long, device=device)
+    return e, e.clone(), e.clone()
+
+
+# ------------------------------------------------------------------------------------------ batch-hard
+
+def batch_hard(embeddings: torch.Tensor, labels: torch.Tensor, power: int = 1,
+               normalize: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Batch-hard triplets (Hermans et al., Eq. 5): ``(a, p, n)`` with, for every anchor ``a`` that has a
+    positive and a negative, ``p = argmax_{y_p = y_a, p != a} D_ap`` and ``n = argmin_{y_n != y_a} D_an``.
+
+    ``power``: 1 = Euclidean, 2 = squared; ``normalize``: on the unit sphere first. No gradient.
+    """
+    check_batch(embeddings, labels, "batch_hard")
+    pos, neg = pair_masks(labels)
+    d = _distances(embeddings, power, normalize)
+    anchors = (pos.any(1) & neg.any(1)).nonzero().squeeze(1)
+    if anchors.numel() == 0:
+        return _empty(embeddings.device)
+    p = d.masked_fill(~pos, float("-inf")).argmax(1)
+    n = d.masked_fill(~neg, float("inf")).argmin(1)
+    return anchors, p[anchors], n[anchors]
+
+
+def batch_hard_loop(embeddings: torch.Tensor, labels: torch.Tensor, power: int = 1,
+                    normalize: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Loop reference of :func:`batch_hard` (one anchor at a time)."""
+    x = embeddings.detach().double()
+    if normalize:
+        x = x / x.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    out = ([], [], [])
+    for a in range(len(x)):
+        if labels[a] < 0:
+            continue
+        best_p, best_n, dp, dn = None, None, -1.0, math.inf
+        for j in range(len(x)):
+            if j == a or labels[j] < 0:
+                continue
+            dist = float(((x[a] - x[j]) ** 2).sum()) ** (power / 2)
+            if labels[j] == labels[a] and dist > dp:
+                best_p, dp = j, dist
+            if labels[j] != labels[a] and dist < dn:
+                best_n, dn = j, dist
+        if best_p is not None and best_n is not None:
+            for lst, v in zip(out, (a, best_p, best_n)):
+                lst.append(v)
+    return tuple(torch.tensor(v, dtype=torch.long) for v in out)
+
+
+# ------------------------------------------------------------------------------------------- semi-hard
+
+def semi_hard(embeddings: torch.Tensor, labels: torch.Tensor, margin: float = 0.2, power: int = 1,
+              normalize: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """All semi-hard triplets (FaceNet, Sec. 3.2): ``D_ap < D_an <= D_ap + margin``.
+
+    These negatives are farther than the positive (so not the "hard" ones that FaceNet found to
+    collapse training early on) but still violate the margin, so the triplet loss is non-zero.
+    Returns ``(a, p, n)``; ``O(B^3)`` booleans (use on batches of a few hundred). No gradient.
+    """
+    check_batch(embeddings, labels, "semi_hard")
+    if margin <= 0:
+        raise ValueError(f"semi_hard: margin must be > 0, got {margin}")
+    pos, neg = pair_masks(labels)
+    d = _distances(embeddings, power, normalize)
+    gap = d[:, None, :] - d[:, :, None]                    # gap[a, p, n] = D_an - D_ap
+    mask = pos[:, :, None] & neg[:, None, :] & (gap > 0) & (gap <= margin)
+    a, p, n = mask.nonzero(as_tuple=True)
+    return a, p, n
+
+
+def semi_hard_loop(embeddings: torch.Tensor, labels: torch.Tensor, margin: float = 0.2, power: int = 1,
+                   normalize: bool = False) -> set[tuple[int, int, int]]:
+    """Loop reference of :func:`semi_hard`: the set of ``(a, p, n)`` triplets."""
+    x = embeddings.detach().double()
+    if normalize:
+        x = x / x.norm(dim=1, keepdim=True).clamp_min(1e-12)
+
+    def dist(i, j):
+        return float(((x[i] - x[j]) ** 2).sum()) ** (power / 2)
+
+    out = set()
+    for a in range(len(x)):
+        for p in range(len(x)):
+            for n in range(len(x)):
+                if min(labels[a], labels[p], labels[n]) < 0 or p == a:
+                    continue
+                if labels[p] == labels[a] and labels[n] != labels[a] and 0 < dist(a, n) - dist(a, p) <= margin:
+                    out.add((a, p, n))
+    return out
+
+
+# ----------------------------------------------------------------------------- distance-weighted sampling
+
+def distance_weights(embeddings: torch.Tensor, labels: torch.Tensor, cutoff: float = 0.5,
+                     nonzero_loss_cutoff: float = 1.4) -> torch.Tensor:
+    """``(B, B)`` probabilities of drawing negative ``n`` for anchor ``a`` (rows sum to 1 over negatives).
+
+    Wu et al., Sec. 4: on the unit sphere in ``n`` dimensions the pairwise distance has density
+    ``q(d) \\propto d^{n-2} (1 - d^2/4)^{(n-3)/2}``; a negative is drawn with weight ``1 / q(d)``,
+    ``d`` clipped below at ``cutoff`` (their ``lambda``: no huge weights for very close pairs) and
+    weight 0 at ``d >= nonzero_loss_cutoff`` (negatives that the margin loss ignores anyway).
+    Computed in log space (the weights span hundreds of orders of magnitude for ``n = 128``).
+    A row whose negatives are all beyond ``nonzero_loss_cutoff`` falls back to uniform over its
+    negatives; a row without negatives is all zero. Embeddings are L2-normalised first.
+    """
+    check_batch(embeddings, labels, "distance_weights")
+    dim = embeddings.shape[1]
+    if dim < 3:
+        raise ValueError("distance_weights: the sphere density needs an embedding dimension >= 3, got "
+                         f"{dim}; in 2-D use semi_hard or batch_hard")
+    _, neg = pair_masks(labels)
+    d = _distances(embeddings, 1, True).double().clamp_min(cutoff)
+    log_w = -(dim - 2.0) * d.log() - ((dim - 3.0) / 2.0) * (1.0 - 0.25 * d * d).clamp_min(1e-8).log()
+    usable = neg & (d < nonzero_loss_cutoff)
+    log_w = log_w.masked_fill(~usable, float("-inf"))
+    none_usable = ~usable.any(1, keepdim=True)
+    log_w = torch.where(none_usable & neg, torch.zeros_like(log_w), log_w)  # uniform fallback
+    has_neg = neg.any(1, keepdim=True)
+    prob = torch.softmax(log_w.masked_fill(~has_neg, 0.0), dim=1)
+    return torch.where(has_neg, prob, torch.zeros_like(prob)).to(working_dtype(embeddings))
+
+
+def distance_weights_loop(embeddings: torch.Tensor, labels: torch.Tensor, cutoff: float = 0.5,
+                          nonzero_loss_cutoff: float = 1.4) -> torch.Tensor:
+    """Loop reference of :func:`distance_weights` (weights written out per pair, then normalised)."""
+    x = embeddings.detach().double()
+    x = x / x.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    n_dim, b = x.shape[1], len(x)
+    out = torch.zeros(b, b, dtype=torch.float64)
+    for a in range(b):
+        negs = [j for j in range(b) if labels[j] >= 0 and labels[a] >= 0 and labels[j] != labels[a]]
+        if not negs:
+            continue
+        logs = {}
+        for j in negs:
+            dist = max(float((x[a] - x[j]).norm()), cutoff)
+            if dist < nonzero_loss_cutoff:
+                logs[j] = -(n_dim - 2) * math.log(dist) - (n_dim - 3) / 2 * math.log(max(1 - dist * dist / 4, 1e-8))
+        if not logs:
+            logs = {j: 0.0 for j in negs}
+        top = max(logs.values())
+        total = sum(math.exp(v - top) for v in logs.values())
+        for j, v in logs.items():
+            out[a, j] = math.exp(v - top) / total
+    return out
+
+
+def distance_weighted(embeddings: torch.Tensor, labels: torch.Tensor, cutoff: float = 0.5,
+                      nonzero_loss_cutoff: float = 1.4,
+                      generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Distance-weighted sampling (Wu et al.): for every positive pair ``(a, p)`` one negative drawn
+    from row ``a`` of :func:`distance_weights`. Returns ``(a, p, n)``; ``generator`` makes it repeatable."""
+    prob = distance_weights(embeddings, labels, cutoff, nonzero_loss_cutoff)
+    pos, neg = pair_masks(labels)
+    pos = pos & neg.any(1, keepdim=True)
+    a, p = pos.nonzero(as_tuple=True)
+    if a.numel() == 0:
+        return _empty(embeddings.device)
+    gen_device = generator.device if generator is not None else prob.device
+    n = torch.multinomial(prob[a].to(gen_device).float(), 1, generator=generator).squeeze(1).to(a.device)
+    return a, p, n
+
+
+# ------------------------------------------------------------------------------- online positive mining
+
+def online_positive_mining(embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """(N+M)-tuple clusters, Algorithm 1, with one cluster per class of the batch: ``(B,)`` mask of kept rows.
+
+    For class ``k``: ``c = mean of its rows``, ``d* = min over other-class rows of ||x - c||^2``;
+    a row of class ``k`` is kept when ``||x - c||^2 <= d*``. If none is kept (or the class has no
+    negative, ``d* = inf``), all its rows are kept. Unlabelled rows (``-1``) are never kept.
+    """
+    check_batch(embeddings, labels, "online_positive_mining")
+    x = embeddings.detach().to(working_dtype(embeddings))
+    valid = labels >= 0
+    classes = torch.unique(labels[valid])
+    member = labels[None, :] == classes[:, None]                       # (K, B)
+    neg = valid[None, :] & ~member
+    w = member.to(x.dtype)
+    centres = (w @ x) / w.sum(1, keepdim=True).clamp_min(1.0)
+    d = pairwise_distances(centres, x, 2)                              # (K, B) squared
+    nearest = d.masked_fill(~neg, float("inf")).amin(1, keepdim=True)
+    keep = member & (d <= nearest)
+    keep = torch.where(keep.any(1, keepdim=True), keep, member)
+    return keep.any(0)
+
+
+def online_positive_mining_loop(embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Loop reference of :func:`online_positive_mining`."""
+    x = embeddings.detach().double()
+    keep = torch.zeros(len(x), dtype=torch.bool)
+    for k in sorted({int(v) for v in labels.tolist() if v >= 0}):
+        rows = [i for i in range(len(x)) if labels[i] == k]
+        c = sum(x[i] for i in rows) / len(rows)
+        negs = [float(((x[j] - c) ** 2).sum()) for j in range(len(x)) if labels[j] >= 0 and labels[j] != k]
+        d_star = min(negs) if negs else math.inf
+        kept = [i for i in rows if float(((x[i] - c) ** 2).sum()) <= d_star]
+        for i in kept or rows:
+            keep[i] = True
+    return keep
+
+
+MINERS = {"batch_hard": batch_hard, "semi_hard": semi_hard, "distance_weighted": distance_weighted}
