@@ -1,0 +1,128 @@
+"""Retrieval metrics (issue #21) on hand-made cases, against a loop reference and pytorch-metric-learning."""
+import math
+
+import pytest
+import torch
+from pytorch_metric_learning import distances as pml_d
+from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator
+from pytorch_metric_learning.utils.inference import CustomKNN
+
+from fer_nb import retrieval
+from fer_nb.losses.cosface import CosFaceLoss
+from fer_nb.losses.supcon import SupConLoss
+from fer_nb.losses.triplet import TripletLoss
+
+
+def test_hand_made_line():
+    """Points on a line: query 0 at x=0 with classes [A A B A B] at x = 0, 1, 2, 3, 4 (leave-one-out).
+
+    Query x=0 (A): other A's are at 1 and 3, so R = 2; ranking 1(A), 2(B), 3(A), 4(B):
+    R-precision = 1/2, MAP@R = (1/1 + 0) / 2 = 1/2 (the second A comes at rank 3 > R), Recall@1 = 1.
+    """
+    x = torch.tensor([[0.0], [1.0], [2.0], [3.0], [4.0]])
+    y = torch.tensor([0, 0, 1, 0, 1])
+    m = retrieval.retrieval_metrics(x[:1], y[:1], x[1:], y[1:], ks=(1, 2))
+    assert m["recall@1"] == 100.0 and m["recall@2"] == 100.0
+    assert m["r_precision"] == 50.0 and m["map@r"] == 50.0 and m["queries"] == 1.0
+
+
+def test_hand_made_map_at_r_rewards_order():
+    """Two rankings with the same R-precision but different MAP@R.
+
+    Query at 0, class A, references: R = 3 A's. Ranking 1: A, A, B, A -> R-prec 2/3, MAP@R (1 + 1)/3.
+    Ranking 2: B, A, A, A -> R-prec 2/3, MAP@R (1/2 + 2/3)/3.
+    """
+    q, qy = torch.tensor([[0.0]]), torch.tensor([0])
+    refs1 = torch.tensor([[1.0], [2.0], [3.0], [4.0]])
+    y1 = torch.tensor([0, 0, 1, 0])
+    y2 = torch.tensor([1, 0, 0, 0])
+    m1 = retrieval.retrieval_metrics(q, qy, refs1, y1)
+    m2 = retrieval.retrieval_metrics(q, qy, refs1, y2)
+    assert math.isclose(m1["r_precision"], 200 / 3) and math.isclose(m2["r_precision"], 200 / 3)
+    assert math.isclose(m1["map@r"], 100 * 2 / 3)
+    assert math.isclose(m2["map@r"], 100 * (0.5 + 2 / 3) / 3)
+    assert m2["recall@1"] == 0.0 and m1["recall@1"] == 100.0
+
+
+def test_perfect_and_lone_queries():
+    x = torch.tensor([[0.0, 0.0], [0.1, 0.0], [5.0, 5.0], [5.1, 5.0], [-9.0, 9.0]])
+    y = torch.tensor([0, 0, 1, 1, 2])      # class 2 has a single item: skipped as a query
+    m = retrieval.retrieval_metrics(x, y, ks=(1, 2))
+    assert m["queries"] == 4.0
+    assert m["recall@1"] == m["r_precision"] == m["map@r"] == 100.0
+
+
+def test_metric_choice_changes_the_neighbours():
+    """Cosine ignores the norm: a same-direction far point beats a near point in another direction."""
+    q = torch.tensor([[1.0, 0.0]])
+    refs = torch.tensor([[10.0, 0.1], [0.5, 0.5]])
+    ry = torch.tensor([0, 1])
+    cos = retrieval.retrieval_metrics(q, torch.tensor([0]), refs, ry, metric="cosine")
+    euc = retrieval.retrieval_metrics(q, torch.tensor([0]), refs, ry, metric="euclidean")
+    assert cos["recall@1"] == 100.0 and euc["recall@1"] == 0.0
+
+
+@pytest.mark.parametrize("metric", retrieval.METRICS)
+@pytest.mark.parametrize("seed", [0, 1])
+def test_against_loop_reference(metric, seed):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(60, 3, generator=g)
+    y = torch.randint(0, 5, (60,), generator=g)
+    ref = torch.randn(40, 3, generator=g)
+    ry = torch.randint(0, 5, (40,), generator=g)
+    for args in ((x, y), (x, y, ref, ry)):
+        a = retrieval.retrieval_metrics(*args, metric=metric, ks=(1, 3, 10), chunk=7)
+        b = retrieval.retrieval_metrics_loop(*args, metric=metric, ks=(1, 3, 10))
+        assert a.keys() == b.keys()
+        for k in a:
+            assert math.isclose(a[k], b[k], abs_tol=1e-9), (k, a[k], b[k])
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_against_pytorch_metric_learning(seed):
+    """AccuracyCalculator with a torch k-NN (CustomKNN, LpDistance / CosineSimilarity), leave-one-out."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(80, 4, generator=g)
+    y = torch.randint(0, 4, (80,), generator=g)
+    for metric, dist in (("euclidean", pml_d.LpDistance(p=2, power=1, normalize_embeddings=False)),
+                         ("cosine", pml_d.CosineSimilarity())):
+        calc = AccuracyCalculator(include=("precision_at_1", "r_precision", "mean_average_precision_at_r"),
+                                  knn_func=CustomKNN(dist), avg_of_avgs=False)
+        theirs = calc.get_accuracy(x, y, x, y, ref_includes_query=True)
+        ours = retrieval.retrieval_metrics(x, y, metric=metric)
+        assert math.isclose(ours["recall@1"], 100 * theirs["precision_at_1"], abs_tol=1e-6)
+        assert math.isclose(ours["r_precision"], 100 * theirs["r_precision"], abs_tol=1e-6)
+        assert math.isclose(ours["map@r"], 100 * theirs["mean_average_precision_at_r"], abs_tol=1e-6)
+
+
+def test_ncm_accuracy_geometry():
+    """Two cones: class 0 along +x (norms 1 and 10), class 1 at 30 degrees (norm 3). The Euclidean mean
+    of class 0 lies at (5.5, 0): the short class-0 point is nearer class 1's mean; by angle it is not."""
+    train = torch.tensor([[1.0, 0.0], [10.0, 0.0], [3 * math.cos(0.5), 3 * math.sin(0.5)]])
+    ty = torch.tensor([0, 0, 1])
+    test = torch.tensor([[1.0, 0.05]])
+    assert retrieval.ncm_accuracy(train, ty, test, torch.tensor([0]), 2, "euclidean") == 0.0
+    assert retrieval.ncm_accuracy(train, ty, test, torch.tensor([0]), 2, "cosine") == 100.0
+    g = torch.Generator().manual_seed(0)
+    a, ay, b, by = torch.randn(30, 3, generator=g), torch.randint(0, 3, (30,), generator=g), \
+        torch.randn(20, 3, generator=g), torch.randint(0, 3, (20,), generator=g)
+    for metric in retrieval.METRICS:
+        assert math.isclose(retrieval.ncm_accuracy(a, ay, b, by, 3, metric),
+                            retrieval.ncm_accuracy_loop(a, ay, b, by, 3, metric))
+
+
+def test_metric_for_losses():
+    assert retrieval.metric_for(CosFaceLoss(2, 3)) == "cosine"
+    assert retrieval.metric_for(SupConLoss()) == "cosine"
+    assert retrieval.metric_for(TripletLoss()) == "euclidean"
+
+
+def test_errors():
+    with pytest.raises(ValueError, match="metric"):
+        retrieval.similarity(torch.zeros(1, 2), torch.zeros(1, 2), "manhattan")
+    with pytest.raises(ValueError, match="reference_labels"):
+        retrieval.retrieval_metrics(torch.zeros(2, 2), torch.tensor([0, 1]), torch.zeros(2, 2))
+    with pytest.raises(ValueError, match="ks"):
+        retrieval.retrieval_metrics(torch.zeros(2, 2), torch.tensor([0, 1]), ks=(0,))
+    with pytest.raises(TypeError, match="long"):
+        retrieval.retrieval_metrics(torch.zeros(2, 2), torch.tensor([0.0, 1.0]))
