@@ -31,6 +31,8 @@ import math
 import torch
 from torch.nn import functional as F
 
+from torch import nn
+
 from fer_nb.losses.common import working_dtype
 from fer_nb.losses.distances import pairwise_distances
 
@@ -39,7 +41,7 @@ REDUCTIONS = ("mean", "sum", "none")
 __all__ = ["REDUCTIONS", "check_batch", "check_reduction", "pair_masks", "reduce_rows", "cosine_matrix",
            "batch_hard", "batch_hard_loop", "semi_hard", "semi_hard_loop", "distance_weights",
            "distance_weights_loop", "distance_weighted", "online_positive_mining", "online_positive_mining_loop",
-           "MINERS"]
+           "MINERS", "triplet_weights", "MinedTripletLoss"]
 
 
 # ------------------------------------------------------------------------------------ pair helpers
@@ -197,31 +199,24 @@ def semi_hard_loop(embeddings: torch.Tensor, labels: torch.Tensor, margin: float
 
 def distance_weights(embeddings: torch.Tensor, labels: torch.Tensor, cutoff: float = 0.5,
                      nonzero_loss_cutoff: float = 1.4) -> torch.Tensor:
-    """``(B, B)`` probabilities of drawing negative ``n`` for anchor ``a`` (rows sum to 1 over negatives).
+    r"""``(B, B)`` probabilities of drawing negative ``n`` for anchor ``a`` (rows sum to 1 over negatives).
 
     Wu et al., Sec. 4: on the unit sphere in ``n`` dimensions the pairwise distance has density
-    ``q(d) \\propto d^{n-2} (1 - d^2/4)^{(n-3)/2}``; a negative is drawn with weight ``1 / q(d)``,
+    ``q(d) \propto d^{n-2} (1 - d^2/4)^{(n-3)/2}``; a negative is drawn with weight ``1 / q(d)``,
     ``d`` clipped below at ``cutoff`` (their ``lambda``: no huge weights for very close pairs) and
     weight 0 at ``d >= nonzero_loss_cutoff`` (negatives that the margin loss ignores anyway).
-    Computed in log space (the weights span hundreds of orders of magnitude for ``n = 128``).
+    Computed in log space (the weights span hundreds of orders of magnitude for ``n = 128``). In 2-D
+    (the circle) the density is ``q(d) \propto (1 - d^2/4)^{-1/2}``, the same formula with ``n = 2``.
     A row whose negatives are all beyond ``nonzero_loss_cutoff`` falls back to uniform over its
     negatives; a row without negatives is all zero. Embeddings are L2-normalised first.
     """
     check_batch(embeddings, labels, "distance_weights")
     dim = embeddings.shape[1]
-    if dim < 3:
-        raise ValueError("distance_weights: the sphere density needs an embedding dimension >= 3, got "
-                         f"{dim}; in 2-D use semi_hard or batch_hard")
+    if dim < 2:
+        raise ValueError(f"distance_weights: the sphere density needs an embedding dimension >= 2, got {dim}")
     _, neg = pair_masks(labels)
     d = _distances(embeddings, 1, True).double().clamp_min(cutoff)
-    log_w = -(dim - 2.0) * d.log() - ((dim - 3.0) / 2.0) * (1.0 - 0.25 * d * d).clamp_min(1e-8).log()
-    usable = neg & (d < nonzero_loss_cutoff)
-    log_w = log_w.masked_fill(~usable, float("-inf"))
-    none_usable = ~usable.any(1, keepdim=True)
-    log_w = torch.where(none_usable & neg, torch.zeros_like(log_w), log_w)  # uniform fallback
-    has_neg = neg.any(1, keepdim=True)
-    prob = torch.softmax(log_w.masked_fill(~has_neg, 0.0), dim=1)
-    return torch.where(has_neg, prob, torch.zeros_like(prob)).to(working_dtype(embeddings))
+    return _dw_prob(d, neg, nonzero_loss_cutoff, dim).to(working_dtype(embeddings))
 
 
 def distance_weights_loop(embeddings: torch.Tensor, labels: torch.Tensor, cutoff: float = 0.5,
@@ -305,3 +300,83 @@ def online_positive_mining_loop(embeddings: torch.Tensor, labels: torch.Tensor) 
 
 
 MINERS = {"batch_hard": batch_hard, "semi_hard": semi_hard, "distance_weighted": distance_weighted}
+
+
+# ------------------------------------------------------------------- a triplet loss that takes a miner
+
+MINED = ("all", "batch_hard", "semi_hard", "distance_weighted")
+
+
+def triplet_weights(d: torch.Tensor, labels: torch.Tensor, miner: str, margin: float, embed_dim: int = 2,
+                    cutoff: float = 0.5, nonzero_loss_cutoff: float = 1.4) -> torch.Tensor:
+    """``(B, B, B)`` weights ``W[a, p, n]`` of the triplets a miner picks, from detached distances ``d``.
+
+    ``"all"``: every valid triplet; ``"batch_hard"``: one per anchor (:func:`batch_hard`);
+    ``"semi_hard"``: the semi-hard ones (:func:`semi_hard`); ``"distance_weighted"``: every positive
+    pair with its negatives weighted by :func:`distance_weights`' probabilities, so the loss is the
+    *expected* loss of the sampled triplets (no random draw: usable in gradient fields). Masks only,
+    no ``nonzero``: works under ``torch.func.vmap``.
+    """
+    if miner not in MINED:
+        raise ValueError(f"miner must be one of {MINED}, got {miner!r}")
+    pos, neg = pair_masks(labels)
+    d = d.detach()
+    if miner == "all":
+        return (pos[:, :, None] & neg[:, None, :]).to(d.dtype)
+    if miner == "semi_hard":
+        gap = d[:, None, :] - d[:, :, None]
+        return (pos[:, :, None] & neg[:, None, :] & (gap > 0) & (gap <= margin)).to(d.dtype)
+    if miner == "batch_hard":
+        ok = pos.any(1) & neg.any(1)
+        cols = torch.arange(len(d), device=d.device)[None, :]            # one-hot by comparison (vmap-safe)
+        p = (cols == d.masked_fill(~pos, float("-inf")).argmax(1, keepdim=True)).to(d.dtype)
+        n = (cols == d.masked_fill(~neg, float("inf")).argmin(1, keepdim=True)).to(d.dtype)
+        return p[:, :, None] * n[:, None, :] * ok[:, None, None].to(d.dtype)
+    # distance-weighted: probabilities on the unit sphere from d (Euclidean distances of unit vectors)
+    prob = _dw_prob(d.clamp_min(cutoff), neg, nonzero_loss_cutoff, embed_dim)
+    return pos[:, :, None].to(d.dtype) * prob[:, None, :]
+
+
+def _dw_prob(d: torch.Tensor, neg: torch.Tensor, nonzero_loss_cutoff: float, dim: int) -> torch.Tensor:
+    """Row-normalised ``1/q(d)`` over the usable negatives (``d`` already clipped at the cutoff)."""
+    log_w = -(dim - 2.0) * d.log() - ((dim - 3.0) / 2.0) * (1.0 - 0.25 * d * d).clamp_min(1e-8).log()
+    usable = neg & (d < nonzero_loss_cutoff)
+    log_w = log_w.masked_fill(~usable, float("-inf"))
+    log_w = torch.where(~usable.any(1, keepdim=True) & neg, torch.zeros_like(log_w), log_w)
+    has = neg.any(1, keepdim=True)
+    prob = torch.softmax(torch.where(has, log_w, torch.zeros_like(log_w)), dim=1)
+    return torch.where(has & neg, prob, torch.zeros_like(prob))
+
+
+class MinedTripletLoss(nn.Module):
+    """Triplet hinge ``max(0, D_ap - D_an + margin)`` averaged with the weights of a miner (:func:`triplet_weights`).
+
+    ``normalize=True`` puts the embeddings on the unit sphere (required for ``"distance_weighted"``,
+    whose sampling density is the sphere's). Distances are Euclidean (``power=1``). For
+    ``"batch_hard"`` and ``"semi_hard"`` the value equals :class:`fer_nb.losses.triplet.TripletLoss`
+    on the miner's triplets; a batch without a triplet gives 0.
+    """
+
+    def __init__(self, miner: str = "all", margin: float = 0.2, normalize: bool = True, cutoff: float = 0.5,
+                 nonzero_loss_cutoff: float = 1.4):
+        super().__init__()
+        if miner not in MINED:
+            raise ValueError(f"MinedTripletLoss: miner must be one of {MINED}, got {miner!r}")
+        if miner == "distance_weighted" and not normalize:
+            raise ValueError("MinedTripletLoss: distance_weighted sampling assumes unit vectors; use normalize=True")
+        self.miner, self.margin, self.normalize = miner, float(margin), bool(normalize)
+        self.cutoff, self.nonzero_loss_cutoff = float(cutoff), float(nonzero_loss_cutoff)
+
+    def extra_repr(self) -> str:
+        return f"miner={self.miner!r}, margin={self.margin}, normalize={self.normalize}"
+
+    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        check_batch(embeddings, labels, "MinedTripletLoss")
+        with torch.autocast(embeddings.device.type, enabled=False):
+            x = embeddings.to(working_dtype(embeddings))
+            if self.normalize:
+                x = F.normalize(x, dim=1)
+            d = pairwise_distances(x, None, 1)
+            w = triplet_weights(d, labels, self.miner, self.margin, x.shape[1], self.cutoff, self.nonzero_loss_cutoff)
+            hinge = F.relu(d[:, :, None] - d[:, None, :] + self.margin)
+            return (w * hinge).sum() / w.sum().clamp_min(1e-12)

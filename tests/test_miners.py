@@ -141,8 +141,8 @@ def test_miners_errors_and_empty_batches():
         miners.batch_hard(x, torch.zeros(5))
     with pytest.raises(ValueError, match="margin"):
         miners.semi_hard(x, torch.zeros(5, dtype=torch.long), margin=0.0)
-    with pytest.raises(ValueError, match=">= 3"):
-        miners.distance_weights(torch.randn(5, 2), torch.arange(5))
+    with pytest.raises(ValueError, match=">= 2"):
+        miners.distance_weights(torch.randn(5, 1), torch.arange(5))
     one_class = torch.zeros(5, dtype=torch.long)
     for fn in (miners.batch_hard, miners.semi_hard, miners.distance_weighted):
         a, p, n = fn(x, one_class)
@@ -161,3 +161,58 @@ def test_pair_masks_and_reduce_rows():
     none = miners.reduce_rows(v, torch.zeros(4, dtype=torch.bool), "mean")
     none.backward()
     assert float(none) == 0.0 and v.grad is not None
+
+
+@pytest.mark.parametrize("miner", ["batch_hard", "semi_hard"])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_mined_triplet_loss_equals_triplet_loss_on_the_mined_triplets(miner, seed):
+    x, y = batch(seed, b=16, d=3)
+    loss = miners.MinedTripletLoss(miner, margin=0.3, normalize=True)
+    xn = torch.nn.functional.normalize(x, dim=1)
+    a, p, n = (miners.batch_hard(xn, y) if miner == "batch_hard" else miners.semi_hard(xn, y, margin=0.3))
+    assert len(a) > 0
+    ref = TripletLoss(margin=0.3, power=1, reduction="mean")(xn, y, triplets=torch.stack([a, p, n], 1))
+    xa = x.clone().requires_grad_(True)
+    xb = x.clone().requires_grad_(True)
+    va = loss(xa, y)
+    na = torch.nn.functional.normalize(xb, dim=1)
+    vb = TripletLoss(margin=0.3, power=1, reduction="mean")(na, y, triplets=torch.stack([a, p, n], 1))
+    assert torch.allclose(va, ref, atol=1e-10) and torch.allclose(va, vb, atol=1e-10)
+    va.backward()
+    vb.backward()
+    assert torch.allclose(xa.grad, xb.grad, atol=1e-9)
+
+
+def test_mined_triplet_loss_all_and_distance_weighted():
+    x, y = batch(2, b=14, d=5)
+    xn = torch.nn.functional.normalize(x, dim=1)
+    all_ref = TripletLoss(margin=0.2, power=1, reduction="mean")(xn, y)
+    assert torch.allclose(miners.MinedTripletLoss("all", margin=0.2)(x, y), all_ref, atol=1e-10)
+    # distance-weighted: the expected hinge over the sampling distribution, written out per (a, p)
+    prob = miners.distance_weights(x, y, cutoff=0.5, nonzero_loss_cutoff=1.4)
+    d = torch.cdist(xn, xn)
+    total, pairs = 0.0, 0
+    for a in range(len(x)):
+        for p in range(len(x)):
+            if p != a and y[p] == y[a]:
+                total += float((prob[a] * torch.relu(d[a, p] - d[a] + 0.2)).sum())
+                pairs += 1
+    value = miners.MinedTripletLoss("distance_weighted", margin=0.2)(x, y)
+    assert math.isclose(float(value), total / pairs, rel_tol=1e-9)
+
+
+def test_mined_triplet_loss_works_under_vmap():
+    """The gradient-field helper vmaps the loss over query points: no data-dependent shapes allowed."""
+    x, y = batch(0, b=10, d=2)
+    q = torch.randn(7, 2, dtype=torch.float64)
+    for miner in miners.MINED:
+        loss = miners.MinedTripletLoss(miner, margin=0.3)
+
+        def f(qq):
+            return loss(torch.cat([qq[None], x]), torch.cat([torch.tensor([0]), y]))
+
+        g = torch.func.vmap(torch.func.grad(f))(q)
+        ref = torch.stack([torch.func.grad(f)(qi) for qi in q])
+        assert torch.allclose(g, ref, atol=1e-10), miner
+    with pytest.raises(ValueError, match="normalize"):
+        miners.MinedTripletLoss("distance_weighted", normalize=False)
