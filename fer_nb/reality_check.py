@@ -106,6 +106,8 @@ class EmbeddingHead(nn.Module):
 class Normalized(nn.Module):
     """Apply ``loss`` to L2-normalised embeddings (Musgrave et al. normalise for every pair loss)."""
 
+    normalize = True  # read by fer_nb.retrieval.metric_for
+
     def __init__(self, loss: nn.Module):
         super().__init__()
         self.loss = loss
@@ -116,6 +118,8 @@ class Normalized(nn.Module):
 
 class BatchHardTriplet(nn.Module):
     """Triplet loss on the batch-hard triplets of :func:`fer_nb.miners.batch_hard` (unit sphere, Euclidean)."""
+
+    normalize = True  # read by fer_nb.retrieval.metric_for
 
     def __init__(self, margin: float = 0.2):
         super().__init__()

@@ -23,8 +23,10 @@ see only directions (angular softmax, CosFace, ArcFace, NormFace, SphereFace, th
 SupCon, multi-similarity, Circle, the large-margin loss), ``"euclidean"`` for the distance losses,
 ``"dot"`` for the inner-product N-pair loss; :func:`metric_for` returns it for a loss module.
 :func:`ncm_accuracy` is nearest-class-mean accuracy in the same geometry (Euclidean nearest-mean
-accuracy handicaps an angular loss: its classes are cones, whose means can lie close together
-near the origin while the directions are well separated).
+accuracy can mislead about an angular loss: its classes are cones, whose means can lie close together
+near the origin while the directions are well separated; on the toy problems of the course
+chapters the cosine rule agrees with an angular loss's own classifier within a few points, the
+Euclidean one can differ by ten points either way).
 """
 from __future__ import annotations
 
@@ -50,7 +52,8 @@ DOT_LOSSES = frozenset({"NPairLoss"})
 def metric_for(loss) -> str:
     """The geometry a loss module compares embeddings in: ``"cosine"``, ``"dot"`` or ``"euclidean"``.
 
-    A sum of losses (``toy2d.LossSum``) is Euclidean unless all its terms are angular.
+    A loss with ``normalize=True`` (distances between unit vectors rank like cosines) is ``"cosine"``;
+    a sum of losses (``toy2d.LossSum``) is Euclidean unless all its terms are angular.
     """
     name = type(loss).__name__
     if name == "LossSum":
@@ -58,8 +61,8 @@ def metric_for(loss) -> str:
         return kinds.pop() if len(kinds) == 1 else "euclidean"
     if name == "ProxyNCALoss" and not getattr(loss, "normalize", True):
         return "euclidean"
-    if name in ANGULAR_LOSSES:
-        return "cosine"
+    if name in ANGULAR_LOSSES or getattr(loss, "normalize", False) is True:
+        return "cosine"  # directions only, or distances between unit vectors (same ranking as cosine)
     if name in DOT_LOSSES:
         return "dot"
     return "euclidean"

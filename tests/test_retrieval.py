@@ -115,6 +115,12 @@ def test_metric_for_losses():
     assert retrieval.metric_for(CosFaceLoss(2, 3)) == "cosine"
     assert retrieval.metric_for(SupConLoss()) == "cosine"
     assert retrieval.metric_for(TripletLoss()) == "euclidean"
+    from fer_nb import miners, reality_check
+    assert retrieval.metric_for(miners.MinedTripletLoss("semi_hard", normalize=True)) == "cosine"
+    assert retrieval.metric_for(miners.MinedTripletLoss("semi_hard", normalize=False)) == "euclidean"
+    assert retrieval.metric_for(reality_check.Normalized(TripletLoss())) == "cosine"
+    for spec in reality_check.LOSSES.values():  # the protocol's stated geometry is the loss's own
+        assert retrieval.metric_for(spec.build(8, 3, spec.grid[0])) == spec.metric, spec.label
 
 
 def test_errors():
