@@ -132,3 +132,59 @@ def test_errors():
         retrieval.retrieval_metrics(torch.zeros(2, 2), torch.tensor([0, 1]), ks=(0,))
     with pytest.raises(TypeError, match="long"):
         retrieval.retrieval_metrics(torch.zeros(2, 2), torch.tensor([0.0, 1.0]))
+
+
+# ------------------------------------------------------------------ the reality-check protocol (fer_nb.reality_check)
+
+def test_balanced_batches_draw_every_class_per_batch():
+    from fer_nb import reality_check
+
+    labels = torch.tensor([0] * 50 + [1] * 3 + [2] * 10 + [-1] * 4)
+    rows = reality_check.balanced_batches(labels, steps=20, classes=3, per_class=4, generator=torch.Generator().manual_seed(0))
+    assert rows.shape == (20, 12)
+    for r in rows:
+        counts = torch.bincount(labels[r].clamp_min(0), minlength=3)
+        assert counts.tolist() == [4, 4, 4] and bool((labels[r] >= 0).all())
+    with pytest.raises(ValueError, match="two classes"):
+        reality_check.balanced_batches(torch.zeros(5, dtype=torch.long), 1, 2, 2, torch.Generator())
+
+
+def test_pca_features_whiten_the_training_images():
+    from fer_nb import reality_check
+
+    g = torch.Generator().manual_seed(0)
+    imgs = (torch.rand(200, 1, 8, 8, generator=g) * 255).to(torch.uint8)
+    pca = reality_check.PCAFeatures(dims=6, pool=2).fit(imgs)
+    f = pca.transform(imgs)
+    assert f.shape == (200, 6)
+    assert torch.allclose(f.mean(0), torch.zeros(6), atol=1e-4)
+    assert torch.allclose(f.std(0), torch.ones(6), atol=0.05)   # whitened (randomised PCA: approximately)
+    with pytest.raises(RuntimeError, match="fit"):
+        reality_check.PCAFeatures(4).transform(imgs)
+
+
+def test_run_protocol_selects_on_validation_and_reports_every_seed():
+    """Three Gaussian classes in 6-D; two losses, two candidates each, two seeds."""
+    from fer_nb import reality_check
+
+    g = torch.Generator().manual_seed(0)
+    means = torch.randn(3, 6, generator=g) * 3
+
+    def split(n):
+        y = torch.arange(n) % 3
+        return means[y] + torch.randn(n, 6, generator=g), y
+
+    splits = {"train": split(120), "val": split(60), "test": split(60)}
+    out = reality_check.run_protocol(splits, 3, ["softmax", "supcon"], [0, 1], embed_dim=4, hidden=16, steps=30,
+                                     classes_per_batch=3, per_class=4, lr=0.01, grid_size=2)
+    assert len(out["tuning"]["supcon"]) == 2 and len(out["tuning"]["softmax"]) == 1
+    best = max(out["tuning"]["supcon"], key=lambda r: r["val_map@r"])
+    assert out["chosen"]["supcon"] == best["value"]
+    assert len(out["test"]["supcon"]) == 2
+    for runs in out["test"].values():
+        for m in runs:
+            assert set(m) == {"recall@1", "recall@4", "r_precision", "map@r", "ncm_acc"}
+            assert m["ncm_acc"] > 60.0   # well-separated classes: every loss learns them
+    with pytest.raises(KeyError, match="unknown loss"):
+        reality_check.run_protocol(splits, 3, ["nope"], [0], embed_dim=4, hidden=8, steps=1, classes_per_batch=3,
+                                   per_class=2, lr=0.01)
