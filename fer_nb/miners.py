@@ -4,7 +4,8 @@ A *miner* looks at the embeddings of a batch, without gradient, and chooses whic
 sees. All miners here return index tensors, the format pytorch-metric-learning uses, so any of
 them can feed :class:`fer_nb.losses.triplet.TripletLoss` through its ``triplets=`` argument:
 
-* :func:`batch_hard` (Hermans, Beyer & Leibe, "In Defense of the Triplet Loss", 2017, Eq. 5):
+* :func:`batch_hard` (Hermans, Beyer & Leibe, "In Defense of the Triplet Loss for Person
+  Re-Identification", 2017):
   for every anchor its *farthest* positive and its *nearest* negative, one triplet per anchor;
 * :func:`semi_hard` (Schroff, Kalenichenko & Philbin, FaceNet, CVPR 2015, Sec. 3.2): every triplet
   whose negative is farther than the positive but still inside the margin,
@@ -12,7 +13,8 @@ them can feed :class:`fer_nb.losses.triplet.TripletLoss` through its ``triplets=
   ``TripletMarginMiner(type_of_triplets="semihard")``);
 * :func:`distance_weighted` (Wu, Manmatha, Smola & Kraehenbuehl, "Sampling Matters in Deep
   Embedding Learning", ICCV 2017, Sec. 4): one negative per positive pair, drawn with probability
-  ``w = min(lambda, q(d)^{-1})`` where ``q(d) \\propto d^{n-2} (1 - d^2/4)^{(n-3)/2}`` is the density
+  proportional to ``q(d)^{-1}`` (bounded by clipping ``d`` below at a cutoff, as the authors' code does;
+  the paper writes ``min(lambda, q(d)^{-1})``), where ``q(d) \\propto d^{n-2} (1 - d^2/4)^{(n-3)/2}`` is the density
   of distances between random points of the unit sphere in ``n`` dimensions, so that negatives of
   every distance are drawn about equally often instead of mostly the ``sqrt(2)``-far ones;
 * :func:`online_positive_mining` (Liu et al., (N+M)-tuple clusters, CVPRW 2017, Algorithm 1):
@@ -112,7 +114,7 @@ def _empty(device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
 
 def batch_hard(embeddings: torch.Tensor, labels: torch.Tensor, power: int = 1,
                normalize: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Batch-hard triplets (Hermans et al., Eq. 5): ``(a, p, n)`` with, for every anchor ``a`` that has a
+    """Batch-hard triplets (Hermans et al.): ``(a, p, n)`` with, for every anchor ``a`` that has a
     positive and a negative, ``p = argmax_{y_p = y_a, p != a} D_ap`` and ``n = argmin_{y_n != y_a} D_an``.
 
     ``power``: 1 = Euclidean, 2 = squared; ``normalize``: on the unit sphere first. No gradient.

@@ -145,7 +145,8 @@ class LossSpec:
 LOSSES: dict[str, LossSpec] = {
     "softmax": LossSpec("softmax", "-", (0,), lambda d, c, v: SoftmaxLoss(c, d), "euclidean"),
     "contrastive": LossSpec("contrastive", "neg_margin", (0.5, 0.8, 1.1),
-                            lambda d, c, v: Normalized(ContrastiveLoss(neg_margin=v, pos_margin=0.0, power=1)), "cosine"),
+                            lambda d, c, v: Normalized(ContrastiveLoss(neg_margin=v, pos_margin=0.0, power=1)),
+                            "cosine"),
     "triplet": LossSpec("triplet (all)", "margin", (0.1, 0.2, 0.4),
                         lambda d, c, v: Normalized(TripletLoss(margin=v, power=1)), "cosine"),
     "triplet_bh": LossSpec("triplet (batch-hard)", "margin", (0.1, 0.2, 0.4),

@@ -43,7 +43,8 @@ def check_supcon(fn: Callable) -> str:
             b = x.clone().requires_grad_(True)
             va, vb = fn(a, y, tau), SupConLoss(tau)(b, y)
             assert torch.is_tensor(va) and va.ndim == 0, "return a scalar tensor"
-            assert torch.allclose(va, vb, atol=1e-8), f"value {float(va.detach()):.6f} != SupConLoss {float(vb.detach()):.6f} (tau={tau})"
+            assert torch.allclose(va, vb, atol=1e-8), \
+                f"value {float(va.detach()):.6f} != SupConLoss {float(vb.detach()):.6f} (tau={tau})"
             va.backward()
             vb.backward()
             assert a.grad is not None and torch.allclose(a.grad, b.grad, atol=1e-8), "gradient differs from SupConLoss"

@@ -13,8 +13,8 @@ relative to the other pairs of the same sign (relative similarity, through the l
 with **pair mining** (``mining=True``, the paper's hard-pair selection), on the pairs of the
 other sign: a negative is kept only if ``S_ik > min_{k' in P_i} S_ik' - epsilon`` and a positive
 only if ``S_ik < max_{k' in N_i} S_ik' + epsilon``. The mining is a selection, without gradient.
-The paper's defaults: ``alpha = 2``, ``beta = 50``, ``lambda = 1`` for retrieval with
-``epsilon = 0.1``; pytorch-metric-learning's ``MultiSimilarityLoss(alpha=2, beta=50, base=0.5)``
+The paper uses ``alpha = 2``, ``beta = 50``, ``lambda = 1``, ``epsilon = 0.1`` on its retrieval
+benchmarks; pytorch-metric-learning's ``MultiSimilarityLoss(alpha=2, beta=50, base=0.5)``
 (``base`` = ``lambda``) is the loss without mining, its ``MultiSimilarityMiner(epsilon=0.1)``
 the mining. ``reduction="mean"``: over all labelled anchors (an anchor whose pairs are all mined
 away contributes 0), as pytorch-metric-learning's ``MeanReducer``.

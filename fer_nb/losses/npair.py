@@ -72,7 +72,8 @@ class NPairLoss(nn.Module):
     def extra_repr(self) -> str:
         return f"l2_reg={self.l2_reg}, reduction={self.reduction!r}"
 
-    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor, pairs: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor,
+                pairs: torch.Tensor | None = None) -> torch.Tensor:
         check_batch(embeddings, labels, "NPairLoss")
         if pairs is None:
             pairs = first_pairs(labels)

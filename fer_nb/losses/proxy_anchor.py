@@ -47,11 +47,13 @@ class ProxyAnchorLoss(nn.Module):
                  reduction: str = "mean"):
         super().__init__()
         if num_classes < 1 or embedding_dim < 1:
-            raise ValueError(f"ProxyAnchorLoss needs num_classes, embedding_dim >= 1, got {num_classes}, {embedding_dim}")
+            raise ValueError(f"ProxyAnchorLoss needs num_classes, embedding_dim >= 1, got {num_classes}, "
+                             f"{embedding_dim}")
         if not alpha > 0:
             raise ValueError(f"ProxyAnchorLoss: alpha must be > 0, got {alpha}")
         if reduction not in ("mean", "sum"):
-            raise ValueError(f"ProxyAnchorLoss: reduction must be 'mean' or 'sum' (terms are per proxy), got {reduction!r}")
+            raise ValueError(f"ProxyAnchorLoss: reduction must be 'mean' or 'sum' (terms are per proxy), "
+                             f"got {reduction!r}")
         self.embedding_dim, self.num_classes = int(embedding_dim), int(num_classes)
         self.alpha, self.margin, self.reduction = float(alpha), float(margin), reduction
         self.proxies = nn.Parameter(torch.randn(num_classes, embedding_dim) * math.sqrt(2.0 / num_classes))

@@ -3,7 +3,7 @@ using Proxies", ICCV 2017).
 
 One learned *proxy* ``p_k`` per class replaces the other samples of the batch: NCA (Goldberger
 et al. 2005) is applied between each embedding and the proxies. With ``x`` and ``p`` on the unit
-sphere (``normalize=True``, the paper's Sec. 4.3 normalises both) and ``d`` the squared Euclidean
+sphere (``normalize=True``; the paper normalises both) and ``d`` the squared Euclidean
 distance, the loss of a sample of class ``y`` is the paper's proxy-NCA loss
 
 .. math::

@@ -19,7 +19,8 @@ CosFace's constant ``-m`` on the cosine (Deng et al., ArcFace, Fig. 1 compare th
 ``cos(m theta)`` is the Chebyshev polynomial ``T_m(cos theta)``, so no ``acos`` enters the gradient;
 ``k`` is piecewise constant (no gradient). Training with ``m = 4`` from the start is hard, so the
 paper (following L-Softmax) anneals: the target logit is ``(lambda ||x|| cos theta + ||x|| psi(theta)) / (1 + lambda)``
-with ``lambda`` decreasing from a large value to ~5 (``lam`` here; 0 = pure A-Softmax).
+with ``lambda`` decreased during training from a large value to a small one (``lam`` here, fixed;
+0 = pure A-Softmax).
 pytorch-metric-learning's ``SphereFaceLoss(margin=m, scale=1)`` is the ``lam = 0`` loss (``scale``
 multiplies all logits, 1 in the paper; its weights are the transpose of ours).
 """
