@@ -275,3 +275,22 @@ def test_learned_normface_scale_gets_a_gradient():
 def test_first_pairs_picks_first_two_rows_per_class():
     y = torch.tensor([2, 0, -1, 2, 1, 0, 2, 3])
     assert first_pairs(y).tolist() == [[1, 5], [0, 3]]
+
+
+def test_pair_losses_run_on_fake_cuda_bf16():
+    """Device slips (a tensor made on the CPU inside a loss) fail here without a GPU: the batch losses run on
+    fake CUDA bf16 tensors and return float32 on the same device. (The proxy/classifier losses validate label
+    ranges with data-dependent checks in fer_nb.losses.common, which fake tensors cannot evaluate; N-pair selects
+    its pairs with boolean indexing.)"""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from fer_nb import miners
+
+    mods = [MultiSimilarityLoss(mining=True), LiftedStructureLoss(), SupConLoss(), SupConLoss(variant="in"), CircleLoss()]
+    mods += [miners.MinedTripletLoss(m) for m in miners.MINED]
+    with FakeTensorMode(allow_non_fake_inputs=True):
+        x = torch.randn(12, D, device="cuda", dtype=torch.bfloat16)
+        y = torch.randint(0, C, (12,), device="cuda")
+        for m in mods:
+            v = m.to("cuda")(x, y)
+            assert v.device.type == "cuda" and v.dtype == torch.float32, type(m).__name__
