@@ -270,7 +270,8 @@ def _class_means(emb: torch.Tensor, labels: torch.Tensor, num_classes: int) -> t
 
 
 def embedding_measures(train_emb: torch.Tensor, train_y: torch.Tensor, test_emb: torch.Tensor,
-                       test_y: torch.Tensor, num_classes: int, quantile: float = 0.5) -> dict[str, float]:
+                       test_y: torch.Tensor, num_classes: int, quantile: float = 0.5,
+                       metric: str = "euclidean") -> dict[str, float]:
     """What an embedding enforces, measured on the test points with class means from the training points.
 
     With class means ``mu_k`` (of the training embeddings) and ``s`` the mean distance between two
@@ -283,7 +284,11 @@ def embedding_measures(train_emb: torch.Tensor, train_y: torch.Tensor, test_emb:
       the point is nearer another class's mean);
     * ``ang_intra``: mean angle (degrees) between ``x_i`` and ``mu_{y_i}``;
     * ``ang_margin``: the same quantile of ``min_{k != y_i} angle(x_i, mu_k) - angle(x_i, mu_{y_i})``;
-    * ``ncm_acc``: nearest-class-mean accuracy (percent, Euclidean);
+    * ``ncm_acc``: nearest-class-mean accuracy (percent) in the loss's own geometry ``metric``
+      (``"euclidean"``, ``"cosine"`` or ``"dot"``, :func:`fer_nb.retrieval.metric_for`; with
+      ``"cosine"`` the class means are mean directions), so an angular loss is not judged by
+      Euclidean distances it never optimised;
+    * ``ncm_acc_euclid``: the same with Euclidean distances to the class means, for every loss;
     * ``norm``: mean ``||x_i||`` (the scale the loss let the embedding take).
     """
     tr, te = train_emb.double(), test_emb.double()
@@ -299,12 +304,15 @@ def embedding_measures(train_emb: torch.Tensor, train_y: torch.Tensor, test_emb:
     ang = torch.rad2deg(torch.arccos((unit @ mu_unit.T).clamp(-1, 1)))
     ang_own = ang.gather(1, y[:, None]).squeeze(1)
     ang_other = ang.masked_fill(nn.functional.one_hot(y, num_classes).bool(), float("inf")).min(1).values
+    from fer_nb.retrieval import ncm_accuracy
+
     return {
         "intra": float(own.mean() / s),
         "margin": float(torch.quantile((other - own) / s, quantile)),
         "ang_intra": float(ang_own.mean()),
         "ang_margin": float(torch.quantile(ang_other - ang_own, quantile)),
-        "ncm_acc": 100.0 * float((d.argmin(1) == y).double().mean()),
+        "ncm_acc": ncm_accuracy(tr, train_y, te, test_y, num_classes, metric),
+        "ncm_acc_euclid": 100.0 * float((d.argmin(1) == y).double().mean()),
         "norm": float(te.norm(dim=1).mean()),
     }
 
@@ -345,12 +353,14 @@ def radial_share(loss: nn.Module, emb: torch.Tensor, labels: torch.Tensor,
 
 def plot_loss_panels(title: str, runs: Mapping[str, ToyRun], problems: Mapping[str, ToyProblem],
                      fields: Mapping[str, tuple], class_names: Sequence[str] | None = None,
-                     max_snapshots: int = 4):
+                     max_snapshots: int = 2, panel: float = 2.9):
     """One row per problem: snapshots of the test embedding, then the gradient field (last column).
 
     ``fields[problem] = (grid_x, grid_y, U, V, others, other_labels, query_label)`` from
     :func:`make_grid` / :func:`gradient_field`. Arrows show the direction of ``-dL/dq`` (unit
-    length); their colour is ``log10 ||dL/dq||``.
+    length); their colour is ``log10 ||dL/dq||``. With the default two snapshots (the untrained
+    network and the final embedding) a row has three panels of ``panel`` inches: about 800 px wide
+    at 100 dpi, fonts of at least 9 pt.
     """
     import matplotlib.pyplot as plt
 
@@ -360,7 +370,7 @@ def plot_loss_panels(title: str, runs: Mapping[str, ToyRun], problems: Mapping[s
         pick = np.unique(np.linspace(0, len(steps) - 1, max_snapshots).round().astype(int))
         steps = [steps[i] for i in pick]
     ncols = len(steps) + 1
-    fig, axes = plt.subplots(len(names), ncols, figsize=(2.6 * ncols, 2.6 * len(names)), squeeze=False)
+    fig, axes = plt.subplots(len(names), ncols, figsize=(panel * ncols, panel * len(names) + 0.4), squeeze=False)
     cmap = plt.get_cmap("tab10")
     for r, name in enumerate(names):
         run, prob = runs[name], problems[name]
@@ -368,26 +378,26 @@ def plot_loss_panels(title: str, runs: Mapping[str, ToyRun], problems: Mapping[s
         for c, s in enumerate(steps):
             ax = axes[r, c]
             pts = run.snapshots[s].numpy()
-            ax.scatter(pts[:, 0], pts[:, 1], c=[cmap(int(v)) for v in y], s=5, alpha=0.7, linewidths=0)
-            ax.set_title(f"{name}, step {s}", fontsize=9)
-            ax.tick_params(labelsize=7)
+            ax.scatter(pts[:, 0], pts[:, 1], c=[cmap(int(v)) for v in y], s=6, alpha=0.7, linewidths=0)
+            ax.set_title(f"{name}, step {s}", fontsize=10)
+            ax.tick_params(labelsize=9)
             ax.set_aspect("equal", adjustable="datalim")
         ax = axes[r, -1]
         gx, gy, u, v, others, olab, q = fields[name]
         mag = np.hypot(u, v)
         un, vn = u / np.maximum(mag, 1e-12), v / np.maximum(mag, 1e-12)
         col = np.log10(np.maximum(mag, 1e-8))
-        ax.scatter(others[:, 0], others[:, 1], c=[cmap(int(t)) for t in olab], s=10, alpha=0.8, linewidths=0)
+        ax.scatter(others[:, 0], others[:, 1], c=[cmap(int(t)) for t in olab], s=12, alpha=0.8, linewidths=0)
         qv = ax.quiver(gx, gy, un, vn, col, cmap="viridis", angles="xy", pivot="mid", width=0.006)
         cb = fig.colorbar(qv, ax=ax, fraction=0.046, pad=0.02)
-        cb.ax.tick_params(labelsize=6)
-        cb.set_label("log10 |grad|", fontsize=7)
-        ax.set_title(f"{name}: field on a class-{q} point", fontsize=9, color=cmap(q))
-        ax.tick_params(labelsize=7)
+        cb.ax.tick_params(labelsize=9)
+        cb.set_label("log10 |grad|", fontsize=9)
+        ax.set_title(f"{name}: field, class-{q} point", fontsize=10, color=cmap(q))
+        ax.tick_params(labelsize=9)
         ax.set_aspect("equal", adjustable="datalim")
     if class_names:
         handles = [plt.Line2D([], [], ls="", marker="o", color=cmap(i), label=n) for i, n in enumerate(class_names)]
-        fig.legend(handles=handles, loc="upper right", fontsize=8, ncol=len(class_names))
+        fig.legend(handles=handles, loc="upper right", fontsize=9, ncol=len(class_names))
     fig.suptitle(title, fontsize=11, x=0.02, ha="left")
     fig.tight_layout()
     return fig

@@ -198,5 +198,22 @@ def test_plot_loss_panels_draws_one_row_per_problem():
              p.y_test[:10].numpy(), 0)
     fig = toy2d.plot_loss_panels("softmax", {"separated": run, "again": run}, {"separated": p, "again": p},
                                  {"separated": field, "again": field}, ["a", "b", "c"])
-    assert len(fig.axes) >= 2 * 4  # 2 rows x (3 snapshots + field), plus colour bars
+    assert len(fig.axes) == 2 * 3 + 2  # 2 rows x (first and last snapshot + field), plus 2 colour bars
+    assert fig.get_size_inches()[0] <= 9.0  # fits an ~800 px page without shrinking the fonts
+    texts = [t for t in fig.findobj(plt.Text) if t.get_text().strip()]
+    assert texts and min(t.get_fontsize() for t in texts) >= 9
     plt.close(fig)
+
+
+def test_ncm_accuracy_uses_the_loss_geometry():
+    """Two cones: class 0 along +x at norms 1 and 10, class 1 at 0.5 rad (norm 3). A short class-0 point is
+    nearer class 1's Euclidean mean, but its direction is class 0's: cosine NCM gets it right."""
+    tr = torch.tensor([[1.0, 0.0], [10.0, 0.0], [3 * math.cos(0.5), 3 * math.sin(0.5)]])
+    ytr = torch.tensor([0, 0, 1])
+    te = torch.tensor([[1.0, 0.05]])
+    euc = toy2d.embedding_measures(tr, ytr, te, torch.tensor([0]), 2)
+    cos = toy2d.embedding_measures(tr, ytr, te, torch.tensor([0]), 2, metric="cosine")
+    assert euc["ncm_acc"] == 0.0 and euc["ncm_acc_euclid"] == 0.0
+    assert cos["ncm_acc"] == 100.0 and cos["ncm_acc_euclid"] == 0.0
+    with pytest.raises(ValueError, match="metric"):
+        toy2d.embedding_measures(tr, ytr, te, torch.tensor([0]), 2, metric="l1")
