@@ -34,16 +34,17 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from fer_nb.losses.common import check_inputs, reduce, working_dtype
+from fer_nb.losses.common import (REDUCTIONS, check_inputs, check_reduction, full_precision, reduce, working_dtype,
+                                  working_rows)
 
-REDUCTIONS = ("mean", "sum", "none")
 UPDATES = ("moving", "sgd")
+__all__ = ["CenterLoss", "REDUCTIONS", "UPDATES", "check_centroid_options", "check_inputs", "init_centroids",
+           "moving_centroid_update", "reduce", "reference_center", "working_dtype"]
 
 
 def check_centroid_options(reduction: str, update: str, alpha: float) -> None:
     """Validate the options shared by the centroid losses (errors name the valid values)."""
-    if reduction not in REDUCTIONS:
-        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+    check_reduction(reduction, "centroid loss")
     if update not in UPDATES:
         raise ValueError(f"update must be one of {UPDATES}, got {update!r}")
     if not 0.0 <= alpha <= 1.0:
@@ -64,16 +65,27 @@ def init_centroids(module: nn.Module, num_classes: int, embedding_dim: int, upda
 
 @torch.no_grad()
 def moving_centroid_update(centers: torch.Tensor, seen: torch.Tensor, embeddings: torch.Tensor,
-                           labels: torch.Tensor, alpha: float, extra_delta: torch.Tensor | None = None) -> None:
+                           labels: torch.Tensor, alpha: float, extra_delta: torch.Tensor | None = None,
+                           name: str = "moving_centroid_update") -> None:
     """In-place moving update of ``centers`` (Wen et al., Eq. 4) from a batch; vectorised.
 
     ``delta_j = sum_{i: y_i=j} (c_j - x_i) / (1 + n_j)``; ``c_j -= alpha * (delta_j + extra_delta_j)``.
     Classes not yet ``seen`` are set to their batch mean (Racoviteanu et al., Eq. 1) instead.
     ``extra_delta`` (``(C, D)``) lets the island loss add its inter-centre term (Cai et al.).
+
+    A NaN/inf in a labelled row would poison ``centers`` for the rest of training (every later
+    loss would be NaN), so such a batch raises a ``FloatingPointError`` *before* anything is
+    changed; rows labelled ``-1`` are not used and may hold anything.
     """
     valid = labels >= 0
     x = embeddings.detach()[valid].to(centers.dtype)
     y = labels[valid]
+    if not bool(torch.isfinite(x).all()):
+        bad = valid.nonzero().flatten()[~torch.isfinite(x).all(1)].tolist()
+        raise FloatingPointError(
+            f"{name}: non-finite embeddings in labelled rows {bad[:8]}; the centroid update would poison the "
+            f"centers buffer, so it was skipped and the centres are unchanged. Find the NaN upstream (lower "
+            f"the learning rate, clip gradients, check the inputs) or label those rows -1")
     num_classes = centers.shape[0]
     sums = torch.zeros_like(centers).index_add_(0, y, x)
     counts = torch.zeros(num_classes, dtype=centers.dtype, device=centers.device).index_add_(
@@ -136,10 +148,31 @@ class CenterLoss(nn.Module):
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         check_inputs(embeddings, labels, self.num_classes, self.embedding_dim, type(self).__name__)
-        valid = labels >= 0
-        with torch.autocast(embeddings.device.type, enabled=False):
-            per = self.distances(embeddings, labels)
-            loss = reduce(per, valid, self.reduction)
+        with full_precision(embeddings):
+            loss = self.compute(working_rows(embeddings, labels >= 0), labels)
         if self.update == "moving" and self.training:
-            moving_centroid_update(self.centers, self.seen, embeddings, labels, self.alpha, self._update_delta())
+            moving_centroid_update(self.centers, self.seen, embeddings, labels, self.alpha, self._update_delta(),
+                                   type(self).__name__)
         return loss
+
+    def compute(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Eq. 1 (Wen et al.'s squared form by default): ``||x_i - c_{y_i}||`` over the labelled rows, reduced."""
+        return reduce(self.distances(x, labels), labels >= 0, self.reduction)
+
+
+def reference_center(x: torch.Tensor, labels: torch.Tensor, centers: torch.Tensor, squared: bool = True,
+                     reduction: str = "mean") -> torch.Tensor:
+    """Loop reference of :class:`CenterLoss` (Eq. 1): one labelled row at a time."""
+    y = labels.tolist()
+    per = []
+    for i in range(len(y)):
+        if y[i] < 0:
+            per.append(x.new_zeros(()))
+            continue
+        d2 = (x[i] - centers[y[i]]).pow(2).sum()
+        per.append(d2 if squared else d2.sqrt())
+    per = torch.stack(per) if per else x.new_zeros(0)
+    if reduction == "none":
+        return per
+    n = sum(v >= 0 for v in y)
+    return per.sum() if reduction == "sum" else per.sum() / max(n, 1)
