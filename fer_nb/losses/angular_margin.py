@@ -186,9 +186,9 @@ def reference_arcface(x: torch.Tensor, weight: torch.Tensor, labels: torch.Tenso
         if margin > 0:
             rho = torch.acos(target)
             target = torch.cos(rho + margin)
-            if overflow == "arcface" and float(rho) > math.pi - margin:
+            if overflow == "arcface" and float(rho.detach()) > math.pi - margin:
                 target = cos[y] - margin * math.sin(margin)
-            elif overflow == "easy" and float(cos[y]) <= 0:
+            elif overflow == "easy" and float(cos[y].detach()) <= 0:
                 target = cos[y]
         logits = scale * torch.cat([cos[:y], target[None], cos[y + 1:]])
         per.append(torch.logsumexp(logits, 0) - logits[y])

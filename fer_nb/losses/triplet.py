@@ -76,7 +76,8 @@ class TripletLoss(nn.Module):
         n_triplets = (same.sum(1) * diff.sum(1)).sum()
         d64 = d.double()
         # above every threshold t, so never counted; a tensor (no .item()), which keeps torch.func.vmap working
-        big = d64.detach().amax() + abs(self.margin) + 1.0
+        top = d64.detach().amax() if d64.numel() else d64.new_zeros(())   # (an empty batch has no maximum)
+        big = top + abs(self.margin) + 1.0
         neg = torch.where(diff, d64, big.expand_as(d64))
         neg_sorted, _ = torch.sort(neg, dim=1)
         prefix = F.pad(torch.cumsum(neg_sorted, dim=1), (1, 0))      # prefix[:, k] = sum of the k smallest
