@@ -6,8 +6,6 @@ centroid update rules.
 """
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
 

@@ -1,6 +1,4 @@
 """ContrastiveLoss and SoftmaxLoss: loop references, pytorch-metric-learning, gradcheck, degenerate batches."""
-import math
-
 import pytest
 import torch
 

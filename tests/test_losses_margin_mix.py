@@ -4,7 +4,7 @@ import torch
 
 from fer_nb.losses.large_margin import LargeMarginLoss
 from fer_nb.losses.margin_mix import (MarginMixLoss, centroid_sq_distances, eq11_gradient, pairwise_sq_distances,
-                                     reference_kernel_centroid_sq_distances, reference_margin_mix)
+                                     reference_margin_mix)
 
 D64 = torch.float64
 

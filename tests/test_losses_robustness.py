@@ -10,6 +10,8 @@
 """
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -278,6 +280,18 @@ def test_angular_margin_gradient_finite_where_cos_is_plus_or_minus_one(overflow)
     val = loss(x, torch.tensor([0, 1, 1]))
     val.backward()
     assert torch.isfinite(val) and torch.isfinite(x.grad).all() and torch.isfinite(loss.weight.grad).all()
+
+
+@pytest.mark.parametrize("overflow", ["arcface", "easy", "none"])
+@pytest.mark.parametrize("gap", [1e-9, 1e-12, 1e-15])
+def test_angular_margin_gradient_stays_bounded_next_to_cos_plus_or_minus_one(overflow, gap):
+    """``sin rho = sqrt(max(1 - cos^2, eps))``: next to ``cos = +-1`` the margin logit's slope is at most
+    ``s (cos m + sin m)``; without the floor ``d sin / d cos = -cos / sin`` grows like ``1 / sqrt(gap)``."""
+    cos = torch.tensor([[1.0 - gap, 0.1], [-1.0 + gap, 0.1]], dtype=D64, requires_grad=True)
+    out = angular_margin_logits(cos, torch.tensor([0, 0]), scale=2.0, margin=0.5, overflow=overflow)
+    out[:, 0].sum().backward()
+    assert torch.isfinite(cos.grad).all()
+    assert cos.grad.abs().max() <= 2.0 * (math.cos(0.5) + math.sin(0.5))
 
 
 def test_zero_margin_is_the_scaled_angular_softmax():

@@ -32,7 +32,8 @@ far on the wrong side would be pushed the wrong way. ``overflow`` says what to d
 
 ``cos(rho + m)`` is computed as ``cos(rho) cos(m) - sin(rho) sin(m)`` with
 ``sin(rho) = sqrt(max(1 - cos^2, eps))`` (``rho`` in ``[0, pi]``), which keeps the gradient finite
-where ``cos(rho) = +-1``, unlike ``acos``. Everything is computed in float32 (float64 stays
+where ``cos(rho) = +-1``, unlike ``acos``, and bounded next to it (the margin logit's slope is at most
+``s (cos m + sin m)``). Everything is computed in float32 (float64 stays
 float64), also under autocast. ``margin = 0`` is the plain angular softmax of Eq. 13.
 """
 from __future__ import annotations
@@ -42,7 +43,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
-from fer_nb.losses.common import (REDUCTIONS, check_inputs, check_reduction, full_precision, reduce, working_dtype,
+from fer_nb.losses.common import (REDUCTIONS, check_inputs, check_reduction, reduce, working_dtype,
                                   working_rows)
 
 __all__ = ["AngularMarginLoss", "CosineClassifierLoss", "OVERFLOWS", "REDUCTIONS", "angular_margin_logits",
@@ -118,13 +119,13 @@ class CosineClassifierLoss(nn.Module):
 
     def logits(self, embeddings: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         """``s cos rho_j`` (Eq. 13); with ``labels`` the ground-truth class gets the margin."""
-        with full_precision(embeddings):
+        with torch.autocast(embeddings.device.type, enabled=False):
             cos = self.cosine(embeddings)
             return self.scale * cos if labels is None else self.margin_logits(cos, labels)
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         check_inputs(embeddings, labels, self.num_classes, self.embedding_dim, type(self).__name__)
-        with full_precision(embeddings):
+        with torch.autocast(embeddings.device.type, enabled=False):
             return self.compute(working_rows(embeddings, labels >= 0), labels)
 
     def compute(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

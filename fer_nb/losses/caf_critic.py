@@ -47,7 +47,7 @@ import math
 import torch
 from torch import nn
 
-from fer_nb.losses.common import check_indicator, full_precision, working_dtype
+from fer_nb.losses.common import check_indicator, working_dtype
 from fer_nb.losses.distances import pairwise_sq_distances
 
 __all__ = ["CAFCriticLoss", "MARGINS", "PAIRS", "collapse_eigenvalue", "confidence_delta", "gaussian_kernel_features",
@@ -175,7 +175,7 @@ class CAFCriticLoss(nn.Module):
             raise ValueError(f"CAFCriticLoss: embeddings must be (B, d) critic outputs, got shape "
                              f"{tuple(embeddings.shape)}")
         strong = check_indicator(labels, embeddings.shape[0], "CAFCriticLoss").to(embeddings.device)
-        with full_precision(embeddings):
+        with torch.autocast(embeddings.device.type, enabled=False):
             return self.compute(embeddings.to(working_dtype(embeddings)), strong, epoch)
 
     def compute(self, z: torch.Tensor, strong: torch.Tensor, epoch: int = 0) -> torch.Tensor:

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from fer_nb.losses.common import (REDUCTIONS, check_inputs, check_reduction, full_precision, reduce, working_dtype,
+from fer_nb.losses.common import (REDUCTIONS, check_inputs, check_reduction, reduce, working_dtype,
                                   working_rows)
 
 UPDATES = ("moving", "sgd")
@@ -148,7 +148,7 @@ class CenterLoss(nn.Module):
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         check_inputs(embeddings, labels, self.num_classes, self.embedding_dim, type(self).__name__)
-        with full_precision(embeddings):
+        with torch.autocast(embeddings.device.type, enabled=False):
             loss = self.compute(working_rows(embeddings, labels >= 0), labels)
         if self.update == "moving" and self.training:
             moving_centroid_update(self.centers, self.seen, embeddings, labels, self.alpha, self._update_delta(),

@@ -1,8 +1,8 @@
 """The ground floor of every loss: working dtype, input checks, ignored rows and reductions.
 
 Every loss in :mod:`fer_nb.losses` runs the same preamble before its mathematics
-(``SomeLoss.forward`` -> checks -> :func:`full_precision` + :func:`working_rows` ->
-``SomeLoss.compute``), so the checks, the ``-1`` (unlabelled) convention and the reductions are
+(``SomeLoss.forward``: checks, ``torch.autocast(..., enabled=False)``, :func:`working_rows`, then
+``SomeLoss.compute`` with the equations only), so the checks, the ``-1`` (unlabelled) convention and the reductions are
 defined here once:
 
 * :func:`check_batch` / :func:`check_inputs`: shapes, label dtype and range; errors name the fix.
@@ -14,8 +14,6 @@ defined here once:
 """
 from __future__ import annotations
 
-import contextlib
-
 import torch
 
 REDUCTIONS = ("mean", "sum", "none")
@@ -24,11 +22,6 @@ REDUCTIONS = ("mean", "sum", "none")
 def working_dtype(x: torch.Tensor) -> torch.dtype:
     """float64 stays float64; everything else (bf16/fp16 under autocast, float32) becomes float32."""
     return torch.float64 if x.dtype == torch.float64 else torch.float32
-
-
-def full_precision(x: torch.Tensor) -> contextlib.AbstractContextManager:
-    """``torch.autocast`` switched off on ``x``'s device: the loss maths runs in its working dtype."""
-    return torch.autocast(x.device.type, enabled=False)
 
 
 def working_rows(embeddings: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
@@ -131,5 +124,5 @@ def reduce_values(values: torch.Tensor, reduction: str, anchor: torch.Tensor | N
     return reduce(values, None, reduction)
 
 
-__all__ = ["REDUCTIONS", "check_batch", "check_indicator", "check_inputs", "check_reduction", "full_precision",
+__all__ = ["REDUCTIONS", "check_batch", "check_indicator", "check_inputs", "check_reduction",
            "reduce", "reduce_values", "working_dtype", "working_rows"]

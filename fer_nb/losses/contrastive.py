@@ -41,7 +41,7 @@ import torch
 from torch import nn
 
 from fer_nb.losses.common import REDUCTIONS as _BASE_REDUCTIONS
-from fer_nb.losses.common import check_batch, check_reduction, full_precision, working_rows
+from fer_nb.losses.common import check_batch, check_reduction, working_rows
 from fer_nb.losses.distances import normalise, pairwise_sq_distances
 from fer_nb.losses.masks import positive_negative_masks
 
@@ -105,7 +105,7 @@ class ContrastiveLoss(nn.Module):
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         check_batch(embeddings, labels, type(self).__name__)
-        with full_precision(embeddings):
+        with torch.autocast(embeddings.device.type, enabled=False):
             return self.compute(working_rows(embeddings, labels >= 0), labels)
 
     def compute(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

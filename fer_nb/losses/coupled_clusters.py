@@ -30,7 +30,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from fer_nb.losses.common import check_batch, check_reduction, full_precision, reduce, working_rows
+from fer_nb.losses.common import check_batch, check_reduction, reduce, working_rows
 from fer_nb.losses.distances import pairwise_sq_distances
 from fer_nb.losses.masks import cluster_masks, masked_mean, masked_min
 
@@ -65,7 +65,7 @@ class CoupledClustersLoss(nn.Module):
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor, groups: torch.Tensor | None = None) -> torch.Tensor:
         check_batch(embeddings, labels, "CoupledClustersLoss")
-        with full_precision(embeddings):
+        with torch.autocast(embeddings.device.type, enabled=False):
             return self.compute(working_rows(embeddings, labels >= 0), labels, groups)
 
     def compute(self, x: torch.Tensor, labels: torch.Tensor, groups: torch.Tensor | None = None) -> torch.Tensor:

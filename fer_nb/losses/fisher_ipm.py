@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from fer_nb.losses.common import check_indicator, full_precision, working_dtype
+from fer_nb.losses.common import check_indicator, working_dtype
 
 
 class FisherIPMLoss(nn.Module):
@@ -56,7 +56,7 @@ class FisherIPMLoss(nn.Module):
         return e_p, e_q, 0.5 * (e_p2 + e_q2)
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        with full_precision(embeddings):
+        with torch.autocast(embeddings.device.type, enabled=False):
             return self.compute(*self.ipm_terms(embeddings, labels))
 
     def compute(self, e_p: torch.Tensor, e_q: torch.Tensor, omega: torch.Tensor) -> torch.Tensor:

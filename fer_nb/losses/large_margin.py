@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from fer_nb.losses.center import check_centroid_options, init_centroids, moving_centroid_update
-from fer_nb.losses.common import check_inputs, full_precision, reduce, working_dtype, working_rows
+from fer_nb.losses.common import check_inputs, reduce, working_dtype, working_rows
 from fer_nb.losses.distances import normalise, pairwise_sq_distances
 
 __all__ = ["LargeMarginLoss", "normalise", "reference_large_margin"]
@@ -94,7 +94,7 @@ class LargeMarginLoss(nn.Module):
         if pseudo_labels is not None:
             check_inputs(embeddings, pseudo_labels, self.num_classes, self.embedding_dim, f"{name} (pseudo_labels)")
             labels = torch.where(labels >= 0, labels, pseudo_labels.to(labels.dtype))
-        with full_precision(embeddings):
+        with torch.autocast(embeddings.device.type, enabled=False):
             loss = self.compute(working_rows(embeddings, labels >= 0), labels)
         if self.update == "moving" and self.training:
             moving_centroid_update(self.centers, self.seen, embeddings, labels, self.alpha, name=name)

@@ -35,7 +35,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from fer_nb.losses.common import REDUCTIONS, check_reduction, full_precision, reduce, working_dtype
+from fer_nb.losses.common import REDUCTIONS, check_reduction, reduce, working_dtype  # noqa: F401  (REDUCTIONS: old import path)
 from fer_nb.losses.distances import DISTANCES, normalise, pairwise_sq_distances
 
 __all__ = ["DISTANCES", "MarginMixLoss", "centroid_sq_distances", "eq11_gradient", "pairwise_sq_distances",
@@ -168,7 +168,7 @@ class MarginMixLoss(nn.Module):
                              f"got {tuple(memberships.shape)}")
         if class_mask is not None and class_mask.shape != (self.num_classes,):
             raise ValueError(f"{name}: class_mask must be ({self.num_classes},) bool, got {tuple(class_mask.shape)}")
-        with full_precision(embeddings):
+        with torch.autocast(embeddings.device.type, enabled=False):
             dt = working_dtype(embeddings)
             t = _targets(labels, self.num_classes, dt, name)
             if centroids is None and memberships is None:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from fer_nb.losses.common import check_indicator, full_precision, working_dtype
+from fer_nb.losses.common import check_indicator, working_dtype
 from fer_nb.losses.distances import pairwise_sq_distances
 
 KINDS = ("gramnet", "mmd")
@@ -40,7 +40,7 @@ class MMDCriticLoss(nn.Module):
         if embeddings.ndim != 2:
             raise ValueError(f"MMDCriticLoss: embeddings must be (B, d), got shape {tuple(embeddings.shape)}")
         strong = check_indicator(labels, embeddings.shape[0], "MMDCriticLoss").to(embeddings.device)
-        with full_precision(embeddings):
+        with torch.autocast(embeddings.device.type, enabled=False):
             return self.compute(embeddings.to(working_dtype(embeddings)), strong)
 
     def compute(self, z: torch.Tensor, strong: torch.Tensor) -> torch.Tensor:

@@ -35,7 +35,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from fer_nb.losses.common import check_batch, check_reduction, full_precision, reduce_values, working_rows
+from fer_nb.losses.common import check_batch, check_reduction, reduce_values, working_rows
 from fer_nb.losses.distances import pairwise_distances
 from fer_nb.losses.masks import group_queries, positive_negative_masks
 
@@ -101,7 +101,7 @@ class NPlusOneTupleLoss(nn.Module):
                          or (negative_mask is not None and bool((negative_mask & ~valid[None, :]).any()))):
             raise ValueError("NPlusOneTupleLoss: pairs or negative_mask use a row labelled -1 (ignored); "
                              "drop it from the tuples or give the row a label")
-        with full_precision(embeddings):
+        with torch.autocast(embeddings.device.type, enabled=False):
             return self.compute(working_rows(embeddings, valid), labels, pairs, negative_mask)
 
     def compute(self, x: torch.Tensor, labels: torch.Tensor, pairs: torch.Tensor,

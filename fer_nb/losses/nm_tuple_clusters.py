@@ -78,7 +78,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from fer_nb.losses.common import check_batch, check_reduction, full_precision, working_rows
+from fer_nb.losses.common import check_batch, check_reduction, working_rows
 from fer_nb.losses.coupled_clusters import reduce_clusters, reference_clusters
 from fer_nb.losses.distances import pairwise_sq_distances
 from fer_nb.losses.masks import cluster_masks, masked_mean, masked_min
@@ -181,7 +181,7 @@ class NMTupleClustersLoss(nn.Module):
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor, groups: torch.Tensor | None = None) -> torch.Tensor:
         """The loss of the batch; an empty batch (or one without a labelled row) gives an exact 0."""
         check_batch(embeddings, labels, "NMTupleClustersLoss")
-        with full_precision(embeddings):
+        with torch.autocast(embeddings.device.type, enabled=False):
             return self.compute(working_rows(embeddings, labels >= 0), labels, groups)
 
     def compute(self, x: torch.Tensor, labels: torch.Tensor, groups: torch.Tensor | None = None) -> torch.Tensor:

@@ -27,7 +27,7 @@ import math
 import torch
 from torch import nn
 
-from fer_nb.losses.common import check_inputs, check_reduction, full_precision, reduce, working_dtype, working_rows
+from fer_nb.losses.common import check_inputs, check_reduction, reduce, working_dtype, working_rows
 
 
 class SoftmaxLoss(nn.Module):
@@ -60,13 +60,13 @@ class SoftmaxLoss(nn.Module):
     def logits(self, embeddings: torch.Tensor) -> torch.Tensor:
         """``W x + b`` in float32/float64 (outside autocast)."""
         dt = working_dtype(embeddings)
-        with full_precision(embeddings):
+        with torch.autocast(embeddings.device.type, enabled=False):
             out = embeddings.to(dt) @ self.weight.to(dt).T
             return out + self.bias.to(dt) if self.bias is not None else out
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         check_inputs(embeddings, labels, self.num_classes, self.embedding_dim, type(self).__name__)
-        with full_precision(embeddings):
+        with torch.autocast(embeddings.device.type, enabled=False):
             return self.compute(working_rows(embeddings, labels >= 0), labels)
 
     def compute(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -31,7 +31,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from fer_nb.losses.common import (REDUCTIONS, check_batch, check_reduction, full_precision, reduce_values,
+from fer_nb.losses.common import (REDUCTIONS, check_batch, check_reduction, reduce_values,
                                   working_dtype, working_rows)
 from fer_nb.losses.distances import pairwise_distances
 from fer_nb.losses.masks import positive_negative_masks
@@ -99,7 +99,7 @@ class TripletLoss(nn.Module):
             if triplets.numel() and not bool(valid[triplets.flatten()].all()):
                 raise ValueError("TripletLoss: triplets use a row labelled -1 (ignored); drop those triplets "
                                  "or give the row a label")
-        with full_precision(embeddings):
+        with torch.autocast(embeddings.device.type, enabled=False):
             return self.compute(working_rows(embeddings, valid), labels, triplets)
 
     def compute(self, x: torch.Tensor, labels: torch.Tensor, triplets: torch.Tensor | None = None) -> torch.Tensor:

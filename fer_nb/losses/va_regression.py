@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from fer_nb.losses.common import full_precision, working_dtype
+from fer_nb.losses.common import working_dtype
 
 
 def batch_pcc_ccc(pred: torch.Tensor, target: torch.Tensor, eps: float = 1e-8):
@@ -41,7 +41,7 @@ class VARegressionLoss(nn.Module):
             raise ValueError(f"VARegressionLoss: need predictions and va labels of shape (B, 2), got "
                              f"{tuple(pred.shape)} and {tuple(target.shape)}")
         dtype = working_dtype(pred)
-        with full_precision(pred):
+        with torch.autocast(pred.device.type, enabled=False):
             return self.compute(pred.to(dtype), target.to(pred.device, dtype))
 
     def compute(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
