@@ -294,26 +294,26 @@ def reference_gaussian_mi(z: torch.Tensor, strong: torch.Tensor, sigma: float | 
 def reference_caf_critic(z: torch.Tensor, strong: torch.Tensor, margin: str = "delta", sigma: float | None = None,
                          kappa: float = 0.2, epoch: int = 0, c: float = 0.05,
                          chi2_weight: float = 0.0) -> tuple[torch.Tensor, float]:
-    """Loop reference of :class:`CAFCriticLoss` with ``pairs="all"``: ``(loss, alpha)``, pair by pair.
+    """Loop reference of :class:`CAFCriticLoss` with ``pairs="all"``: ``(loss, alpha)``, one strong anchor at a time.
 
     ``K`` by walking the sorted strong-weak distances while ``d_(k) < MI + Delta(N, k)`` (Eq. 8).
     """
     n = len(z)
     flags = [bool(v) for v in strong.tolist()]
     mi, _ = reference_gaussian_mi(z, strong, sigma)
-    pos, cross = [], []
-    for i in range(n):
+    pos, cross = [z.new_zeros(0)], [z.new_zeros(0)]
+    weak = torch.tensor([not f for f in flags], dtype=torch.bool, device=z.device)
+    for i in range(n):                               # one strong anchor at a time
         if not flags[i]:
             continue
-        for j in range(n):
-            d2 = (z[i] - z[j]).pow(2).sum()
-            if flags[j] and j > i:
-                pos.append(d2)
-            elif not flags[j]:
-                cross.append(d2)
+        d2 = (z - z[i]).pow(2).sum(1)
+        later = torch.tensor([flags[j] and j > i for j in range(n)], dtype=torch.bool, device=z.device)
+        pos.append(d2[later])
+        cross.append(d2[weak])
+    pos, cross = torch.cat(pos), torch.cat(cross)
     if margin == "delta":
         k = 0
-        for value in sorted(float(v) for v in cross):
+        for value in sorted(cross.tolist()):
             if value < mi + math.log(n / c) / (2 * (k + 1)):
                 k += 1
             else:
@@ -325,10 +325,9 @@ def reference_caf_critic(z: torch.Tensor, strong: torch.Tensor, margin: str = "d
         alpha = mi + 0.1 + epoch * 5e-3
     else:
         alpha = mi
-    zero = z.new_zeros(())
-    hinge = [torch.relu(alpha - v) for v in cross]
-    loss = sum(pos, zero) / max(1, len(pos)) + 0.5 * sum(hinge, zero) / max(1, len(cross))
+    hinge = torch.relu(alpha - cross)
+    loss = pos.sum() / max(1, len(pos)) + 0.5 * hinge.sum() / max(1, len(cross))
     if chi2_weight:
-        f2 = sum((p * p for p in pos), zero) + sum((h * h for h in hinge), zero)
+        f2 = pos.pow(2).sum() + hinge.pow(2).sum()
         loss = loss + chi2_weight * 0.25 * f2 / (max(1, len(pos)) + max(1, len(cross)))
     return loss, alpha

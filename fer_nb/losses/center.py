@@ -42,13 +42,13 @@ __all__ = ["CenterLoss", "REDUCTIONS", "UPDATES", "check_centroid_options", "che
            "moving_centroid_update", "reduce", "reference_center", "working_dtype"]
 
 
-def check_centroid_options(reduction: str, update: str, alpha: float) -> None:
-    """Validate the options shared by the centroid losses (errors name the valid values)."""
-    check_reduction(reduction, "centroid loss")
+def check_centroid_options(reduction: str, update: str, alpha: float, name: str = "centroid loss") -> None:
+    """Validate the options shared by the centroid losses (errors name the loss and the valid values)."""
+    check_reduction(reduction, name)
     if update not in UPDATES:
-        raise ValueError(f"update must be one of {UPDATES}, got {update!r}")
+        raise ValueError(f"{name}: update must be one of {UPDATES}, got {update!r}")
     if not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"alpha (centroid learning rate) must be in [0, 1], got {alpha}")
+        raise ValueError(f"{name}: alpha (centroid learning rate) must be in [0, 1], got {alpha}")
 
 
 def init_centroids(module: nn.Module, num_classes: int, embedding_dim: int, update: str) -> None:
@@ -126,7 +126,7 @@ class CenterLoss(nn.Module):
         super().__init__()
         if num_classes < 1 or embedding_dim < 1:
             raise ValueError(f"num_classes and embedding_dim must be >= 1, got {num_classes}, {embedding_dim}")
-        check_centroid_options(reduction, update, alpha)
+        check_centroid_options(reduction, update, alpha, type(self).__name__)
         self.num_classes, self.embedding_dim = int(num_classes), int(embedding_dim)
         self.reduction, self.squared, self.update, self.alpha, self.eps = reduction, squared, update, alpha, eps
         init_centroids(self, num_classes, embedding_dim, update)

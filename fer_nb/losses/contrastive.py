@@ -131,29 +131,27 @@ class ContrastiveLoss(nn.Module):
 def reference_contrastive(x: torch.Tensor, labels: torch.Tensor, neg_margin: float = 1.0, pos_margin: float = 0.0,
                           power: int = 1, hinge_power: int = 2, coefficient: float = 0.5, normalize: bool = False,
                           reduction: str = "mean") -> torch.Tensor:
-    """Loop reference of :class:`ContrastiveLoss`: one unordered labelled pair ``i < j`` at a time."""
+    """Loop reference of :class:`ContrastiveLoss`: one labelled row ``i`` at a time, its pairs ``j > i``."""
     y = labels.tolist()
-    if normalize:
-        x = torch.stack([v / v.norm().clamp_min(1e-12) for v in x]) if len(x) else x
-    pos, neg = [], []
+    pos, neg = [x.new_zeros(0)], [x.new_zeros(0)]
     for i in range(len(y)):
-        for j in range(i + 1, len(y)):
-            if y[i] < 0 or y[j] < 0:
-                continue
-            d = (x[i] - x[j]).pow(2).sum().sqrt() ** power
-            if y[i] == y[j]:
-                pos.append(coefficient * torch.relu(d - pos_margin) ** hinge_power)
-            else:
-                neg.append(coefficient * torch.relu(neg_margin - d) ** hinge_power)
+        if y[i] < 0:
+            continue
+        xi = x[i] / x[i].norm().clamp_min(1e-12) if normalize else x[i]
+        later = [j for j in range(i + 1, len(y)) if y[j] >= 0]
+        xj = x[later]
+        if normalize:
+            xj = xj / xj.norm(dim=1, keepdim=True).clamp_min(1e-12)
+        d = (xj - xi).pow(2).sum(1).sqrt() ** power
+        same = torch.tensor([y[j] == y[i] for j in later], dtype=torch.bool, device=x.device)
+        pos.append(coefficient * torch.relu(d[same] - pos_margin) ** hinge_power)
+        neg.append(coefficient * torch.relu(neg_margin - d[~same]) ** hinge_power)
+    pos, neg = torch.cat(pos), torch.cat(neg)
     if reduction == "sum":
-        return sum(pos, x.new_zeros(())) + sum(neg, x.new_zeros(()))
-
-    def avg(v):
-        if reduction == "mean_nonzero":
-            v = [t for t in v if float(t) > 0]
-        return sum(v, x.new_zeros(())) / max(len(v), 1)
-
-    return avg(pos) + avg(neg)
+        return pos.sum() + neg.sum()
+    if reduction == "mean_nonzero":
+        pos, neg = pos[pos > 0], neg[neg > 0]
+    return pos.sum() / max(len(pos), 1) + neg.sum() / max(len(neg), 1)
 
 
 __all__ = ["ContrastiveLoss", "REDUCTIONS", "check_pair_inputs", "pairwise_sq_distances", "reference_contrastive"]

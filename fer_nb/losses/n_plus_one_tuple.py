@@ -139,5 +139,6 @@ def reference_n_plus_one(x: torch.Tensor, labels: torch.Tensor, margin: float = 
                 continue
             d_qp = (x[p] - x[q]).pow(2).sum()
             dp, dn = (d_qp, d_qn) if power == 2 else (d_qp.sqrt(), d_qn.sqrt())
-            vals.append(torch.log(1 + torch.exp(dp + margin - dn).sum()))
+            z = dp + margin - dn       # log(1 + sum exp z) = logsumexp([0, z]): no overflow in float32
+            vals.append(torch.logsumexp(torch.cat([z.new_zeros(1), z]), 0))
     return torch.stack(vals).mean() if vals else x.new_zeros(())

@@ -123,15 +123,18 @@ def reference_triplet(x: torch.Tensor, labels: torch.Tensor, margin: float = 1.0
     y = labels.tolist()
     vals = []
     for a in range(len(y)):
+        if y[a] < 0:
+            continue
+        neg = torch.tensor([yn >= 0 and yn != y[a] for yn in y], device=x.device)
+        d_an = (x[neg] - x[a]).pow(2).sum(1)
         for p in range(len(y)):
-            if p == a or y[a] < 0 or y[p] != y[a]:
+            if p == a or y[p] != y[a]:
                 continue
-            neg = torch.tensor([yn >= 0 and yn != y[a] for yn in y], device=x.device)
             d_ap = (x[a] - x[p]).pow(2).sum()
-            d_an = (x[neg] - x[a]).pow(2).sum(1)
             if power == 1:
-                d_ap, d_an = d_ap.sqrt(), d_an.sqrt()
-            vals.append(F.relu(d_ap - d_an + margin))
+                vals.append(F.relu(d_ap.sqrt() - d_an.sqrt() + margin))
+            else:
+                vals.append(F.relu(d_ap - d_an + margin))
     per = torch.cat(vals) if vals else x.new_zeros(0)
     if reduction == "none":
         return per
