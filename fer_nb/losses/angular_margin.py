@@ -100,10 +100,10 @@ class CosineClassifierLoss(nn.Module):
     def __init__(self, embedding_dim: int, num_classes: int, scale: float, reduction: str):
         super().__init__()
         if num_classes < 1 or embedding_dim < 1:
-            raise ValueError(f"num_classes and embedding_dim must be >= 1, got {num_classes}, {embedding_dim}")
+            raise ValueError(f"{type(self).__name__}: num_classes and embedding_dim must be >= 1, got {num_classes}, {embedding_dim}")
         check_reduction(reduction, type(self).__name__)
         if not scale > 0:
-            raise ValueError(f"scale s must be > 0, got {scale}")
+            raise ValueError(f"{type(self).__name__}: scale s must be > 0, got {scale}")
         self.embedding_dim, self.num_classes = int(embedding_dim), int(num_classes)
         self.scale, self.reduction = float(scale), reduction
         self.weight = nn.Parameter(torch.empty(num_classes, embedding_dim))
@@ -155,9 +155,9 @@ class AngularMarginLoss(CosineClassifierLoss):
     def __init__(self, embedding_dim: int, num_classes: int = 2, scale: float = 64.0, margin: float = 0.5,
                  overflow: str = "arcface", reduction: str = "mean"):
         if overflow not in OVERFLOWS:
-            raise ValueError(f"overflow must be one of {OVERFLOWS}, got {overflow!r}")
+            raise ValueError(f"AngularMarginLoss: overflow must be one of {OVERFLOWS}, got {overflow!r}")
         if not 0.0 <= margin < math.pi:
-            raise ValueError(f"margin m is an angle in radians in [0, pi), got {margin} "
+            raise ValueError(f"AngularMarginLoss: margin m is an angle in radians in [0, pi), got {margin} "
                              f"(pytorch-metric-learning's ArcFaceLoss takes degrees: use math.radians)")
         super().__init__(embedding_dim, num_classes, scale, reduction)
         self.margin, self.overflow = float(margin), overflow

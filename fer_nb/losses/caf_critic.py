@@ -138,13 +138,13 @@ class CAFCriticLoss(nn.Module):
                  detach_margin: bool = True, positive_weight: float = 1.0):
         super().__init__()
         if margin not in MARGINS:
-            raise ValueError(f"unknown margin {margin!r}; use one of {MARGINS}")
+            raise ValueError(f"CAFCriticLoss: unknown margin {margin!r}; use one of {MARGINS}")
         if pairs not in PAIRS:
-            raise ValueError(f"unknown pairs {pairs!r}; use one of {PAIRS}")
+            raise ValueError(f"CAFCriticLoss: unknown pairs {pairs!r}; use one of {PAIRS}")
         if c <= 0:
-            raise ValueError(f"the confidence parameter c must be > 0, got {c}")
+            raise ValueError(f"CAFCriticLoss: the confidence parameter c must be > 0, got {c}")
         if not positive_weight > 0:
-            raise ValueError(f"positive_weight must be > 0 (1 = Eq. 7 as printed), got {positive_weight}")
+            raise ValueError(f"CAFCriticLoss: positive_weight must be > 0 (1 = Eq. 7 as printed), got {positive_weight}")
         self.margin, self.kappa, self.kappa0, self.kappa_slope = margin, kappa, kappa0, kappa_slope
         self.c, self.bandwidth, self.mi_max, self.pairs = c, bandwidth, mi_max, pairs
         self.chi2_weight, self.detach_margin = chi2_weight, detach_margin

@@ -125,7 +125,7 @@ class CenterLoss(nn.Module):
                  squared: bool = True, update: str = "moving", alpha: float = 0.5, eps: float = 1e-12):
         super().__init__()
         if num_classes < 1 or embedding_dim < 1:
-            raise ValueError(f"num_classes and embedding_dim must be >= 1, got {num_classes}, {embedding_dim}")
+            raise ValueError(f"{type(self).__name__}: num_classes and embedding_dim must be >= 1, got {num_classes}, {embedding_dim}")
         check_centroid_options(reduction, update, alpha, type(self).__name__)
         self.num_classes, self.embedding_dim = int(num_classes), int(embedding_dim)
         self.reduction, self.squared, self.update, self.alpha, self.eps = reduction, squared, update, alpha, eps

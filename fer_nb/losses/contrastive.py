@@ -76,13 +76,13 @@ class ContrastiveLoss(nn.Module):
         super().__init__()
         check_reduction(reduction, "ContrastiveLoss", REDUCTIONS)
         if power not in (1, 2):
-            raise ValueError(f"power must be 1 (Euclidean distance) or 2 (squared distance), got {power!r}")
+            raise ValueError(f"ContrastiveLoss: power must be 1 (Euclidean distance) or 2 (squared distance), got {power!r}")
         if hinge_power not in (1, 2):
-            raise ValueError(f"hinge_power must be 1 (hinge) or 2 (squared hinge, Hadsell), got {hinge_power!r}")
+            raise ValueError(f"ContrastiveLoss: hinge_power must be 1 (hinge) or 2 (squared hinge, Hadsell), got {hinge_power!r}")
         if neg_margin < pos_margin:
-            raise ValueError(f"neg_margin ({neg_margin}) must be >= pos_margin ({pos_margin})")
+            raise ValueError(f"ContrastiveLoss: neg_margin ({neg_margin}) must be >= pos_margin ({pos_margin})")
         if coefficient <= 0:
-            raise ValueError(f"coefficient must be > 0, got {coefficient}")
+            raise ValueError(f"ContrastiveLoss: coefficient must be > 0, got {coefficient}")
         self.neg_margin, self.pos_margin = float(neg_margin), float(pos_margin)
         self.power, self.hinge_power, self.coefficient = int(power), int(hinge_power), float(coefficient)
         self.normalize, self.reduction, self.eps = bool(normalize), reduction, float(eps)

@@ -48,7 +48,7 @@ class CosFaceLoss(CosineClassifierLoss):
     def __init__(self, embedding_dim: int, num_classes: int, scale: float = 64.0, margin: float = 0.35,
                  reduction: str = "mean"):
         if not 0.0 <= margin <= 2.0:
-            raise ValueError(f"cosine margin m must lie in [0, 2], got {margin}")
+            raise ValueError(f"CosFaceLoss: cosine margin m must lie in [0, 2], got {margin}")
         super().__init__(embedding_dim, num_classes, scale, reduction)
         self.margin = float(margin)
 

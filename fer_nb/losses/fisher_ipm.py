@@ -30,7 +30,7 @@ class FisherIPMLoss(nn.Module):
     def __init__(self, rho: float = 1e-6):
         super().__init__()
         if rho < 0:
-            raise ValueError(f"rho must be >= 0, got {rho}")
+            raise ValueError(f"FisherIPMLoss: rho must be >= 0, got {rho}")
         self.rho = rho
         self.register_buffer("lagrange", torch.zeros(()))
         self.last_constraint = torch.zeros(())
@@ -41,7 +41,7 @@ class FisherIPMLoss(nn.Module):
             return embeddings
         if embeddings.ndim == 2:
             return embeddings.mean(1)
-        raise ValueError(f"embeddings must be (B,) or (B, d), got shape {tuple(embeddings.shape)}")
+        raise ValueError(f"FisherIPMLoss: embeddings must be (B,) or (B, d), got shape {tuple(embeddings.shape)}")
 
     def ipm_terms(self, embeddings: torch.Tensor, labels: torch.Tensor):
         """``(E_P f, E_Q f, Omega)`` of the critic values; an empty group's expectations are 0."""

@@ -64,7 +64,7 @@ class LargeMarginLoss(nn.Module):
         if num_classes < 2:
             raise ValueError(f"LargeMarginLoss needs num_classes >= 2 (Eq. 3 divides by C - 1), got {num_classes}")
         if embedding_dim < 1:
-            raise ValueError(f"embedding_dim must be >= 1, got {embedding_dim}")
+            raise ValueError(f"LargeMarginLoss: embedding_dim must be >= 1, got {embedding_dim}")
         check_centroid_options(reduction, update, alpha, type(self).__name__)
         self.num_classes, self.embedding_dim = int(num_classes), int(embedding_dim)
         self.reduction, self.update, self.alpha, self.squared, self.eps = reduction, update, alpha, squared, eps

@@ -139,7 +139,7 @@ class MarginMixLoss(nn.Module):
             e = normalise(e, self.eps)
         if centroids is not None:
             if centroids.ndim != 2 or centroids.shape != (self.num_classes, e.shape[1]):
-                raise ValueError(f"centroids must be ({self.num_classes}, {e.shape[1]}), got {tuple(centroids.shape)}")
+                raise ValueError(f"MarginMixLoss: centroids must be ({self.num_classes}, {e.shape[1]}), got {tuple(centroids.shape)}")
             c = centroids.to(dt)
             if self.normalize_centroids:
                 c = normalise(c, self.eps)
@@ -148,7 +148,7 @@ class MarginMixLoss(nn.Module):
                        else class_mask.to(device=e.device, dtype=torch.bool))
         else:
             if memberships is None:
-                raise ValueError("without explicit centroids pass memberships (or soft/hard labels) for Eq. 4-5")
+                raise ValueError("MarginMixLoss: without explicit centroids pass memberships (or soft/hard labels) for Eq. 4-5")
             A = pairwise_sq_distances(e, None, self.distance, self.gamma)   # a_ii = 0 exactly
             d2 = centroid_sq_distances(A, memberships.to(dt))
             present = memberships.sum(0) > 0

@@ -46,7 +46,8 @@ def cluster_masks(labels: torch.Tensor, groups: torch.Tensor | None = None) -> t
         neg = valid[None, :] & ~pos
         return pos, neg
     if groups.shape != labels.shape:
-        raise ValueError(f"groups must have the shape of labels {tuple(labels.shape)}, got {tuple(groups.shape)}")
+        raise ValueError(f"groups must have the shape of labels {tuple(labels.shape)} (one tuple id per row), "
+                         f"got {tuple(groups.shape)}")
     inverse, first = group_queries(groups)
     member = inverse[None, :] == torch.arange(len(first), device=labels.device)[:, None]
     qlab = labels[first]

@@ -33,7 +33,7 @@ class MMDCriticLoss(nn.Module):
     def __init__(self, kind: str = "gramnet", bandwidth: float | None = None, lam: float = 1e-2):
         super().__init__()
         if kind not in KINDS:
-            raise ValueError(f"unknown kind {kind!r}; use one of {KINDS}")
+            raise ValueError(f"MMDCriticLoss: unknown kind {kind!r}; use one of {KINDS}")
         self.kind, self.bandwidth, self.lam = kind, bandwidth, lam
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -46,7 +46,7 @@ class SoftmaxLoss(nn.Module):
     def __init__(self, num_classes: int, embedding_dim: int, reduction: str = "mean", *, bias: bool = True):
         super().__init__()
         if num_classes < 1 or embedding_dim < 1:
-            raise ValueError(f"num_classes and embedding_dim must be >= 1, got {num_classes}, {embedding_dim}")
+            raise ValueError(f"SoftmaxLoss: num_classes and embedding_dim must be >= 1, got {num_classes}, {embedding_dim}")
         check_reduction(reduction, "SoftmaxLoss")
         self.num_classes, self.embedding_dim, self.reduction = int(num_classes), int(embedding_dim), reduction
         bound = 1.0 / math.sqrt(embedding_dim)  # nn.Linear's initialisation
