@@ -6,6 +6,8 @@
    ``book/performance.md``) is
    converted with jupytext to ``book/_generated/<name>.ipynb`` and executed there by papermill
    (kernel ``python3``) with ``SCALE``/``DEVICE``/``OUT_DIR``; a failing notebook fails the build;
+   the executed notebook is then cleaned for reading (:func:`clean_outputs`: no progress bars or
+   empty stderr boxes, papermill's injected-parameters cell removed, wide figures full-width);
 2. MathJax 3 is installed from npm into ``.cache/`` (once) and copied into ``book/_static`` so math
    renders offline;
 3. ``jupyter-book build book`` renders HTML into ``book/_build/html`` (execution is off there).
@@ -14,11 +16,14 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from fer_nb.config import SCALES
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = ROOT / "notebooks"
@@ -41,9 +46,120 @@ def key_of(path: Path) -> str:
     return stem.split("_", 1)[1] if stem[:2].isdigit() and "_" in stem else stem
 
 
+def _quiet_kernel_manager():
+    """A kernel manager class whose kernel prints nothing a reader could take for a failure.
+
+    Two messages used to reach the terminal of ``make book``: ipykernel's "Kernel is running over
+    TCP without encryption" warning (avoided by talking to the kernel over local IPC sockets in the
+    temp folder instead of TCP), and "[IPKernelApp] ERROR | KeyboardInterrupt caught in
+    kernel": jupyter_client interrupts the kernel (SIGINT) before asking it to shut down, and a
+    kernel that is idling in its event loop logs that interrupt as an error. The shutdown request
+    that follows stops the kernel cleanly, so the interrupt is skipped while shutting down.
+    """
+    import tempfile
+    import uuid
+
+    from jupyter_client import AsyncKernelManager
+    from traitlets import CaselessStrEnum, default
+
+    class QuietKernelManager(AsyncKernelManager):
+        transport = CaselessStrEnum(["tcp", "ipc"], default_value="ipc" if os.name == "posix" else "tcp")
+
+        @default("ip")
+        def _ip_default(self) -> str:
+            # IPC socket files <ip>-<port> in the temp folder: a Unix socket path must stay under
+            # ~100 characters, which a connection file deep in a home folder could exceed
+            if self.transport == "ipc":
+                return os.path.join(tempfile.gettempdir(), f"fer-nb-{uuid.uuid4().hex[:12]}")
+            return super()._ip_default()
+
+        async def _async_interrupt_kernel(self) -> None:
+            if self.shutting_down:
+                return
+            await super()._async_interrupt_kernel()
+
+    return QuietKernelManager
+
+
+_PROGRESS_RE = re.compile(r"^[^\n|]*\d+%\|.*\|\s*\d+/\S+ \[[^\]]*\]\s*$")
+
+
+def _clean_stream(text: str) -> str:
+    """Drop tqdm progress-bar lines (and the carriage-return redraws between them) from a stream."""
+    keep = []
+    for line in text.split("\n"):
+        last = line.split("\r")[-1] if "\r" in line else line
+        if _PROGRESS_RE.match(last.strip()):
+            continue
+        keep.append(last)
+    return "\n".join(keep)
+
+
+#: a figure wider than this (pixels) is drawn across the page margin (cell tag ``full-width``)
+WIDE_FIGURE_PX = 1100
+
+
+def png_width(data: str) -> int:
+    """Width in pixels of a base64 PNG (from its IHDR header); 0 when it is not one."""
+    import base64
+    import struct
+
+    try:
+        head = base64.b64decode("".join(data.split())[:48])
+    except ValueError:
+        return 0
+    return struct.unpack(">I", head[16:20])[0] if head[:8] == b"\x89PNG\r\n\x1a\n" else 0
+
+
+def clean_outputs(nb) -> dict:
+    """Prepare an executed notebook for the HTML build, in place; returns counts of what changed.
+
+    - progress-bar lines are removed from stream outputs, and stream outputs left empty (or empty to
+      begin with) are dropped: Jupyter Book draws every stderr output as a grey box;
+    - the cell papermill injects (tag ``injected-parameters``) gets the tag ``remove-cell``: readers
+      see the notebook's own ``parameters`` cell, which documents the defaults;
+    - stream outputs of the same name that became adjacent are merged;
+    - a cell with a figure wider than :data:`WIDE_FIGURE_PX` gets the tag ``full-width``, so the
+      theme lets it use the page's margin and its text is not shrunk to half size.
+    """
+    counts = {"progress_lines": 0, "empty_streams": 0, "hidden_cells": 0, "wide_figures": 0}
+    for cell in nb.cells:
+        if cell.get("cell_type") != "code":
+            continue
+        tags = cell.setdefault("metadata", {}).setdefault("tags", [])
+        if "injected-parameters" in tags and "remove-cell" not in tags:
+            tags.append("remove-cell")
+            counts["hidden_cells"] += 1
+        outputs = []
+        for out in cell.get("outputs", []):
+            if out.get("output_type") == "stream":
+                text = out.get("text", "")
+                text = "".join(text) if isinstance(text, list) else text
+                cleaned = _clean_stream(text)
+                counts["progress_lines"] += text.count("\n") - cleaned.count("\n") if cleaned != text else 0
+                if not cleaned.strip():
+                    counts["empty_streams"] += 1
+                    continue
+                if outputs and outputs[-1].get("output_type") == "stream" and outputs[-1].get("name") == out.get("name"):
+                    outputs[-1]["text"] = outputs[-1]["text"].rstrip("\n") + "\n" + cleaned.lstrip("\n")
+                    continue
+                out["text"] = cleaned
+            outputs.append(out)
+        cell["outputs"] = outputs
+        widths = [png_width(o.get("data", {}).get("image/png", "")) for o in outputs if "image/png" in o.get("data", {})]
+        if widths and max(widths) > WIDE_FIGURE_PX and "full-width" not in tags:
+            tags.append("full-width")
+            counts["wide_figures"] += 1
+    return counts
+
+
 def execute(src: Path, dst_dir: Path, parameters: dict, cwd: Path = ROOT) -> Path:
-    """jupytext ``src`` -> ipynb, execute with papermill into ``dst_dir``; raise on failure."""
+    """jupytext ``src`` -> ipynb, execute with papermill into ``dst_dir``; raise on failure.
+
+    The executed notebook is cleaned for the book (:func:`clean_outputs`).
+    """
     import jupytext
+    import nbformat
     import papermill
 
     dst_dir.mkdir(parents=True, exist_ok=True)
@@ -54,9 +170,13 @@ def execute(src: Path, dst_dir: Path, parameters: dict, cwd: Path = ROOT) -> Pat
     jupytext.write(nb, raw, fmt="ipynb")
     try:
         papermill.execute_notebook(str(raw), str(out), parameters=parameters, kernel_name="python3",
-                                   cwd=str(cwd), progress_bar=False, log_output=False)
+                                   cwd=str(cwd), progress_bar=False, log_output=False,
+                                   kernel_manager_class=_quiet_kernel_manager())
     finally:
         raw.unlink(missing_ok=True)
+    executed = nbformat.read(out, as_version=4)
+    clean_outputs(executed)
+    nbformat.write(executed, out)
     return out
 
 
@@ -79,8 +199,9 @@ def install_mathjax() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--scale", default="smoke", choices=("smoke", "small", "paper"))
+    ap = argparse.ArgumentParser(prog="python -m fer_nb.book", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--scale", default="smoke", choices=SCALES)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--only", nargs="*", help="execute only these notebook stems (others must be built already)")
     ap.add_argument("--skip-html", action="store_true")

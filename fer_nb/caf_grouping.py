@@ -35,7 +35,7 @@ def otsu_threshold(values: torch.Tensor, bins: int = 256) -> torch.Tensor:
     if float(hi - lo) <= 1e-12:
         return lo.float()
     hist = torch.histc(x, bins=bins, min=float(lo), max=float(hi))
-    centres = lo + (torch.arange(bins, dtype=torch.float64) + 0.5) * (hi - lo) / bins
+    centres = lo + (torch.arange(bins, dtype=torch.float64, device=x.device) + 0.5) * (hi - lo) / bins
     p = hist / hist.sum()
     w0 = torch.cumsum(p, 0)[:-1]            # class 0 = bins [0..t], t = 0..bins-2
     m0 = torch.cumsum(p * centres, 0)[:-1]
@@ -52,7 +52,7 @@ def kmeans_threshold(values: torch.Tensor, k: int = 2, iters: int = 50) -> torch
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
     x = torch.as_tensor(values).detach().double().flatten()
-    q = (torch.arange(k, dtype=torch.float64) + 0.5) / k
+    q = (torch.arange(k, dtype=torch.float64, device=x.device) + 0.5) / k
     centres = torch.quantile(x, q)
     for _ in range(iters):
         assign = (x[:, None] - centres[None, :]).abs().argmin(1)
@@ -75,7 +75,7 @@ def code_threshold(d: torch.Tensor) -> torch.Tensor:
     m = (int(torch.argmin(d)) + int(torch.argmax(d))) // 2
     total = d.sum()
     if abs(float(total)) < 1e-12:
-        return torch.zeros((), dtype=torch.float32)
+        return torch.zeros((), dtype=torch.float32, device=d.device)
     return (d[: m + 1].sum() / total).float()
 
 

@@ -1,6 +1,9 @@
 """What a reader should make of a page's numbers at each scale, shown under the set-up cell."""
 from __future__ import annotations
 
+import html
+import re
+
 from fer_nb.report import RESULTS
 
 SCALE_MEANING = {
@@ -33,12 +36,38 @@ def scale_notice_text(cfg) -> str:
     return f"**{title}.** {body}{where}"
 
 
+#: admonition class per scale (sphinx-book-theme colours: caution = orange, note = blue)
+ADMONITION_CLASS = {"smoke": "caution", "small": "note", "gpu": "note", "paper": "note"}
+
+
+def _inline_html(markdown: str) -> str:
+    """The little Markdown the notices use (``code``, **bold**) as escaped HTML."""
+    text = html.escape(markdown, quote=False)
+    text = re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", text)
+    return re.sub(r"`([^`]+)`", r"<code>\1</code>", text)
+
+
+def scale_notice_html(cfg) -> str:
+    """The notice as an HTML admonition: Jupyter Book styles it like a MyST ``{admonition}``."""
+    title, body = SCALE_MEANING[cfg.scale]
+    runs = recorded_runs(cfg.notebook)
+    where = (f" Recorded runs of this chapter: {', '.join(f'`results/{cfg.notebook}/{r}`' for r in runs)}."
+             if runs else "")
+    kind = ADMONITION_CLASS.get(cfg.scale, "note")
+    return (f'<div class="admonition {kind}"><p class="admonition-title">'
+            f"{_inline_html(title)} (<code>SCALE = &quot;{html.escape(cfg.scale)}&quot;</code>)</p>"
+            f"<p>{_inline_html(body + where)}</p></div>")
+
+
 def scale_notice(cfg) -> None:
-    """Display the notice for ``cfg.scale`` (plain print outside IPython)."""
+    """Display the notice for ``cfg.scale``: an admonition in a notebook or the book, text elsewhere."""
     text = scale_notice_text(cfg)
     try:
-        from IPython.display import Markdown, display
-
-        display(Markdown(f"> {text}"))
+        from IPython import get_ipython
+        from IPython.display import display
     except ImportError:
+        get_ipython = None
+    if get_ipython is None or get_ipython() is None:
         print(text)
+        return
+    display({"text/html": scale_notice_html(cfg), "text/markdown": f"> {text}", "text/plain": text}, raw=True)

@@ -11,8 +11,11 @@ adversarial critic step, a semi-supervised MixMatch step, ...). :func:`fit` supp
   last finished epoch and ends with the same numbers as an uninterrupted run (tested on CPU);
 * a non-finite loss stops training with a clear error instead of writing NaN results.
 
-Make ``train_batches(epoch)`` draw its order from a generator seeded by (seed, epoch) so a
-resumed run sees the same batches.
+``train_batches(epoch)`` is called exactly once per epoch, after the RNG states are restored, so a
+resumed run draws the same batches as an uninterrupted one whether the batch order comes from a
+generator seeded by (seed, epoch) or from the global RNGs (``torch.randperm`` without a
+generator, ``random.shuffle``, ``np.random``). Checkpoints carry the code fingerprint of the run
+hash (:mod:`fer_nb.fingerprint`) under ``code``.
 """
 from __future__ import annotations
 
@@ -25,7 +28,8 @@ from typing import Any, Callable, Iterable, Mapping
 
 import torch
 
-from fer_nb.io import load_torch, save_torch
+from fer_nb.fingerprint import code_of_run_hash
+from fer_nb.io import CheckpointError, clean_stale_temp, load_torch, save_torch
 from fer_nb.progress import bar
 from fer_nb.seed import rng_state, set_rng_state
 
@@ -66,8 +70,15 @@ def _state_dicts(objs: Mapping[str, Any] | None) -> dict[str, Any]:
 def _load_state_dicts(objs: Mapping[str, Any] | None, states: Mapping[str, Any], path: Path) -> None:
     for k, v in (objs or {}).items():
         if k not in states:
-            raise KeyError(f"checkpoint {path} has no state for {k!r}; delete it to retrain")
-        v.load_state_dict(states[k])
+            raise CheckpointError(f"checkpoint {path} has no state for {k!r}; delete it to retrain")
+        try:
+            v.load_state_dict(states[k])
+        except (RuntimeError, ValueError, KeyError, TypeError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise CheckpointError(f"checkpoint {path} does not fit {k!r} ({first}); delete it to retrain") from None
+
+
+_CHECKPOINT_KEYS = ("run_hash", "epoch", "modules", "optimizers", "rng", "history")
 
 
 def fit(
@@ -101,12 +112,22 @@ def fit(
     history = History()
     start_epoch = 0
     path = Path(checkpoint) if checkpoint is not None else None
+    code = code_of_run_hash(run_hash)
+    if path is not None:
+        clean_stale_temp(path)
     if path is not None and path.exists():
         state = load_torch(path)
+        if not isinstance(state, Mapping) or any(k not in state for k in _CHECKPOINT_KEYS):
+            have = sorted(state) if isinstance(state, Mapping) else type(state).__name__
+            raise CheckpointError(f"{path} is not a fer_nb training checkpoint (it holds {have}); delete it "
+                                  f"or use another OUT_DIR")
         if state.get("run_hash") != run_hash:
+            same_code = state.get("code") is not None and state.get("code") == code
+            codes = f"; code {state.get('code')} vs {code}" if (state.get("code"), code) != (None, None) else ""
             raise ValueError(
-                f"checkpoint {path} was made with another configuration (hash {state.get('run_hash')} "
-                f"!= {run_hash}); delete it or use another OUT_DIR"
+                f"checkpoint {path} was made with another configuration"
+                f"{'' if same_code or code is None else ' or other code'} (hash {state.get('run_hash')} "
+                f"!= {run_hash}{codes}); delete it or use another OUT_DIR"
             )
         _load_state_dicts(modules, state["modules"], path)
         _load_state_dicts(optimizers, state["optimizers"], path)
@@ -115,9 +136,11 @@ def fit(
         set_rng_state(state["rng"])
         history = History(list(state["history"]), resumed_from=int(state["epoch"]))
         start_epoch = int(state["epoch"])
+    # The first epoch's batches double as the length probe: calling train_batches twice would draw
+    # twice from the global RNG when it shuffles with it, and a resumed run would see other batches.
+    first = train_batches(start_epoch) if start_epoch < epochs else None
     if steps_per_epoch is None:
-        probe = train_batches(start_epoch) if start_epoch < epochs else None
-        steps_per_epoch = len(probe) if probe is not None and hasattr(probe, "__len__") else 0
+        steps_per_epoch = len(first) if first is not None and hasattr(first, "__len__") else 0
     total = max(1, steps_per_epoch * epochs)
     step = start_epoch * steps_per_epoch
     steps_done = 0
@@ -127,8 +150,10 @@ def fit(
         t0 = time.perf_counter()
         sums: dict[str, torch.Tensor] = {}
         n_steps = 0
+        epoch_batches = first if epoch == start_epoch else train_batches(epoch)
+        first = None
         iterator = bar(
-            train_batches(epoch), total=steps_per_epoch or None, disable=not progress,
+            epoch_batches, total=steps_per_epoch or None, disable=not progress,
             desc=f"{desc} {epoch + 1}/{epochs}", leave=False,
         )
         for batch in iterator:
@@ -163,7 +188,7 @@ def fit(
         if path is not None:
             save_torch(
                 {
-                    "run_hash": run_hash, "epoch": epoch + 1, "complete": epoch + 1 == epochs,
+                    "run_hash": run_hash, "code": code, "epoch": epoch + 1, "complete": epoch + 1 == epochs,
                     "modules": _state_dicts(modules), "optimizers": _state_dicts(optimizers),
                     "schedulers": _state_dicts(schedulers), "extra": _state_dicts(extra_state),
                     "rng": rng_state(), "history": history.records,

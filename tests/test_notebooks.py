@@ -13,6 +13,7 @@ import pytest
 from fer_nb.book import execute, key_of, notebook_sources
 
 NETBLOCK = Path(__file__).parent / "netblock"
+FAKE_CUDA = Path(__file__).parent / "fakecuda"   # netblock + fake CUDA tensors in the kernel
 NOTEBOOKS = notebook_sources()
 
 
@@ -33,18 +34,19 @@ def test_network_is_blocked_in_kernels():
     assert out.stdout.strip() == "blocked"
 
 
-@pytest.mark.notebook
-@pytest.mark.parametrize("src", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
-def test_notebook_smoke(src, tmp_path, monkeypatch):
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(NETBLOCK), os.environ.get("PYTHONPATH", "")]))
+def _smoke(src: Path, tmp_path: Path, monkeypatch, device: str, site: Path) -> float:
+    """Run ``src`` at smoke on ``device`` with ``site`` (a sitecustomize folder) first on the kernel's path;
+    check its metrics.json; return the wall time."""
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]))
     monkeypatch.setenv("FER_NB_PLAIN_PROGRESS", "1")
     out_dir = tmp_path / "run"
     t0 = time.perf_counter()
-    execute(src, tmp_path, {"SCALE": "smoke", "DEVICE": "cpu", "OUT_DIR": str(out_dir)})
+    execute(src, tmp_path, {"SCALE": "smoke", "DEVICE": device, "OUT_DIR": str(out_dir)})
     seconds = time.perf_counter() - t0
     metrics = json.loads((out_dir / "metrics.json").read_text())
     prov = metrics["provenance"]
     assert prov["scale"] == "smoke" and prov["notebook"] == key_of(src)
+    assert prov["device_type"] == device
     assert metrics["summary"], "summary must not be empty"
 
     def finite(obj):
@@ -58,7 +60,24 @@ def test_notebook_smoke(src, tmp_path, monkeypatch):
                 finite(v)
 
     finite(metrics)
+    return seconds
+
+
+@pytest.mark.notebook
+@pytest.mark.parametrize("src", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_notebook_smoke(src, tmp_path, monkeypatch):
+    seconds = _smoke(src, tmp_path, monkeypatch, "cpu", NETBLOCK)
     print(f"{src.name}: {seconds:.0f} s")
+
+
+@pytest.mark.notebook
+@pytest.mark.parametrize("src", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_notebook_on_fake_cuda(src, tmp_path, monkeypatch):
+    """The whole chapter with DEVICE="cuda" on fake CUDA tensors (tests/fake_cuda.py) under bf16 autocast:
+    a tensor made on the CPU beside CUDA inputs, a CPU generator fed to a CUDA op, ``.numpy()`` of a CUDA
+    tensor or a float head fed bf16 features fails here as on a GPU."""
+    seconds = _smoke(src, tmp_path, monkeypatch, "cuda", FAKE_CUDA)
+    print(f"{src.name} on fake CUDA: {seconds:.0f} s")
 
 
 DETERMINISM = [p for p in NOTEBOOKS if key_of(p) in ("large_margin", "caf")]

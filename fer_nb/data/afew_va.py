@@ -73,9 +73,9 @@ def load(root: str | os.PathLike, split: str | None = None, image_size: int | No
     for clip in clips:
         ann = SPEC.file(clip / f"{clip.name}.json", f"annotation {clip.name}/{clip.name}.json")
         try:
-            data = json.loads(ann.read_text())
+            data = json.loads(ann.read_text(encoding="utf-8-sig"))
             frames = data["frames"]
-        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        except (ValueError, KeyError, TypeError) as exc:  # JSON, UTF-8 and shape errors
             raise SPEC.error(f"{ann.name} is not an AFEW-VA annotation ({type(exc).__name__}: {exc})", ann) from None
         actor = str(data.get("actor", ""))
         for k, key in enumerate(sorted(frames)):

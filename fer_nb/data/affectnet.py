@@ -161,7 +161,7 @@ def _read_csv_release(root: Path, split: str):
     img_root = _image_root(root)
     paths, boxes, y, va = [], [], [], []
     dropped = 0
-    with open(table, newline="") as fh:
+    with open(table, newline="", encoding="utf-8-sig") as fh:
         reader = csv.reader(fh)
         header = [h.strip().lower() for h in next(reader, [])]
         if tuple(header[:len(COLUMNS)]) != COLUMNS:

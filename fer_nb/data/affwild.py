@@ -104,7 +104,7 @@ def _affwild2(root: Path, parts: list[str], allow_missing: bool = False):
             raise SPEC.error(f"missing folder Annotations/{ann.name}/{AFFWILD2_SETS[part]}/", set_dir,
                              kind="absent_split")
         for f in sorted(set_dir.glob("*.txt")):
-            lines = [ln for ln in f.read_text().splitlines() if ln.strip()]
+            lines = [ln for ln in f.read_text(encoding="utf-8-sig").splitlines() if ln.strip()]
             if not lines or lines[0].replace(" ", "").lower() != "valence,arousal":
                 raise SPEC.error(f"{f.name} must start with the header valence,arousal", f)
             try:

@@ -4,7 +4,8 @@ The cache key hashes the dataset folder's absolute path, the loader name and arg
 relative path, size and modification time (ns) of every file under the folder, so editing,
 adding or removing any file (or asking for another size/split) decodes afresh. Cache files hold
 only plain arrays (images, one array per label, and a JSON string for names/info) and are read
-with ``numpy.load(allow_pickle=False)``, so a cache file cannot run code. Writes are atomic.
+with ``numpy.load(allow_pickle=False)``, so a cache file cannot run code. Writes are atomic
+(:func:`fer_nb.io._atomic_write`: normal permissions, stale temp files of killed writers removed).
 
 The cache folder is ``cache_dir`` if given, else ``$FER_NB_CACHE``, else ``~/.cache/fer_nb``.
 """
@@ -13,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any, Callable
@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from fer_nb.data.schema import FaceArrays
+from fer_nb.io import _atomic_write
 
 CACHE_ENV = "FER_NB_CACHE"
 FORMAT_VERSION = 1
@@ -68,16 +69,7 @@ def save(path: str | os.PathLike, data: FaceArrays) -> Path:
     arrays = {"images": data.images.cpu().numpy(), "meta": np.array(meta)}
     for k, v in data.labels.items():
         arrays[f"label_{k}"] = v.cpu().numpy()
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    return _atomic_write(path, lambda fh: np.savez(fh, **arrays))
 
 
 def load(path: str | os.PathLike) -> FaceArrays:

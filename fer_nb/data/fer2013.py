@@ -94,7 +94,7 @@ def _find_fer2013_csv(root: Path) -> Path | None:
 
 def read_fer2013_csv(path: Path, spec: DatasetSpec = SPEC) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """All rows of a FER2013 CSV: ``(pixels uint8 (N, 48, 48), fer2013 codes (N,), usages)``."""
-    with open(path, newline="") as fh:
+    with open(path, newline="", encoding="utf-8-sig") as fh:
         reader = csv.reader(fh)
         try:
             header = [h.strip().lower() for h in next(reader)]
@@ -231,7 +231,7 @@ def load_ferplus(root: str | os.PathLike, split: str | None = None, image_size: 
             raise FERPLUS_SPEC.error(f"fer2013new.csv found but not the FER2013 pixels: put fer2013.csv in "
                                      f"{root} or {root.parent / 'fer2013'}, or pass fer2013_csv=...", root)
         pixels, _, usages = read_fer2013_csv(fer_csv, FERPLUS_SPEC)
-        with open(new_csv, newline="") as fh:
+        with open(new_csv, newline="", encoding="utf-8-sig") as fh:
             rows = [r for r in csv.reader(fh) if r]
         if not rows or [h.strip().lower() for h in rows[0][:2]] != ["usage", "image name"]:
             raise FERPLUS_SPEC.error("fer2013new.csv must start with the header Usage,Image name,"
@@ -265,7 +265,7 @@ def load_ferplus(root: str | os.PathLike, split: str | None = None, image_size: 
         for part in parts:
             folder = FERPLUS_SPEC.dir(folder_root / FERPLUS_FOLDERS[part], FERPLUS_FOLDERS[part] + "/")
             label_csv = FERPLUS_SPEC.file(folder / "label.csv", f"{FERPLUS_FOLDERS[part]}/label.csv")
-            with open(label_csv, newline="") as fh:
+            with open(label_csv, newline="", encoding="utf-8-sig") as fh:
                 rows = [r for r in csv.reader(fh) if r]
             if not rows:
                 raise FERPLUS_SPEC.error(f"{label_csv} is empty", label_csv)

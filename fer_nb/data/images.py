@@ -2,7 +2,9 @@
 
 * :func:`load_images` decodes a list of files in a thread pool (PIL releases the GIL while it
   decodes), optionally crops a box per image, converts to grayscale (``L``, ITU-R 601-2 luma) or
-  RGB, and resizes to a square ``image_size`` (bilinear with antialiasing). An unreadable,
+  RGB, and resizes to a square ``image_size`` (bilinear with antialiasing). A face under
+  :data:`MIN_SIDE` pixels a side or more than :data:`MAX_ASPECT`:1 from square is an error, not
+  silently resized. An unreadable,
   truncated or non-image file raises the dataset's :class:`~fer_nb.data.errors.DatasetError`
   naming the file.
 * :func:`from_array` does the same for pixels already in memory (FER2013's CSV, torchvision
@@ -28,6 +30,17 @@ IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".ppm", 
 
 Box = tuple[float, float, float, float]  # x, y, width, height in source pixels
 
+#: smallest face (after the optional crop) accepted, in pixels per side: a 1x1 or 3x3 "face" is a
+#: thumbnail or a broken file, and resizing it would silently turn it into a flat square
+MIN_SIDE = 8
+#: largest accepted width/height ratio (either way) of a face (after the optional crop); a 3x3000
+#: strip resized to a square is no face
+MAX_ASPECT = 4.0
+
+
+class _FaceShapeError(ValueError):
+    pass
+
 
 def _decode_one(path: Path, size: int, channels: int, box: Box | None) -> np.ndarray:
     with Image.open(path) as img:
@@ -45,6 +58,13 @@ def _decode_one(path: Path, size: int, channels: int, box: Box | None) -> np.nda
             if right - left < 2 or bottom - top < 2:
                 raise ValueError(f"face box {box} lies outside the {img.width}x{img.height} image")
             img = img.crop((left, top, right, bottom))
+        w, h = img.size
+        if min(w, h) < MIN_SIDE:
+            raise _FaceShapeError(f"the face is only {w}x{h} pixels (at least {MIN_SIDE}x{MIN_SIDE} needed); "
+                             "a thumbnail or a broken export? replace the file")
+        if max(w, h) > MAX_ASPECT * min(w, h):
+            raise _FaceShapeError(f"the face is {w}x{h} pixels, more than {MAX_ASPECT:g}:1 from square; resizing it "
+                             "to a square would distort it beyond recognition: crop the face (or fix the box)")
         if img.size != (size, size):
             img = img.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=None)
         arr = np.asarray(img, dtype=np.uint8)
@@ -78,6 +98,8 @@ def load_images(
             out[i] = _decode_one(path, image_size, channels, boxes[i] if boxes is not None else None)
         except FileNotFoundError:
             raise spec.error(f"image file listed in the labels is missing: {path}", path) from None
+        except _FaceShapeError as exc:
+            raise spec.error(f"image {path}: {exc}", path) from None
         except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
             raise spec.error(f"cannot decode image {path}: {type(exc).__name__}: {exc} "
                              "(corrupt or truncated file? re-extract it from the archive)", path) from None

@@ -53,7 +53,7 @@ def load(root: str | os.PathLike, split: str | None = None, image_size: int | No
     image_dir = SPEC.dir(root / "Image" / ("aligned" if aligned else "original"),
                          "Image/aligned/ (unzip aligned.zip)" if aligned else "Image/original/")
     paths, labels = [], []
-    for line_no, line in enumerate(label_file.read_text().splitlines(), start=1):
+    for line_no, line in enumerate(label_file.read_text(encoding="utf-8-sig").splitlines(), start=1):
         if not line.strip():
             continue
         parts = line.split()

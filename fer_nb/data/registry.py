@@ -48,12 +48,29 @@ def spec(name: str) -> DatasetSpec:
 
 
 def dataset_dir(name: str, root: str | os.PathLike | None = None) -> Path:
-    """``<root>/<name>`` with ``root`` from the argument or ``$FER_NB_DATA``."""
+    """``<root>/<name>`` with ``root`` from the argument or ``$FER_NB_DATA``.
+
+    Like ``python -m fer_nb.data check``, a ``root`` that *is* the dataset folder (named ``<name>``,
+    without a ``<name>/`` inside) is taken as that folder.
+    """
     s = spec(name)
     base = root if root not in (None, "") else os.environ.get(DATA_ENV) or None
     if base is None:
         raise s.error(f"no data root: pass root='/path/to/datasets' (holding {name}/) or set {DATA_ENV}")
-    return Path(base).expanduser() / name
+    if not isinstance(base, (str, os.PathLike)):
+        raise s.error(f"the data root must be a path string, got {base!r}")
+    base = Path(base).expanduser()
+    folder = base / name
+    if folder.is_dir():
+        return folder
+    if base.is_dir() and base.name == name:
+        return base  # DATA_ROOT points at the dataset folder itself (what `check` accepts too)
+    if not base.is_dir():
+        raise s.error(f"the data root {base} does not exist or is not a folder; pass DATA_ROOT (or "
+                      f"{DATA_ENV}) = the folder holding {name}/", base)
+    raise s.error(f"dataset folder {folder} does not exist: the data root {base} must hold one folder per "
+                  f"dataset named as in the registry ({name}/ here); rename the {name} folder to {name}/ "
+                  f"or pass its parent as DATA_ROOT", folder)
 
 
 def load(name: str, root: str | os.PathLike | None = None, split: str | None = None,
@@ -74,8 +91,17 @@ def load(name: str, root: str | os.PathLike | None = None, split: str | None = N
         extra = [p for p in params if p not in ("root", "split", "image_size", "channels")]
         raise s.error(f"unknown option(s) {unknown} for {name}; it accepts {extra}")
     args = {"split": split, "image_size": image_size, "channels": channels, **kw}
-    build = partial(fn, folder, **args)
+    build = partial(_decode_errors, s, folder, partial(fn, folder, **args))
     if cache is False or cache is None:
         return build()
     s.root(folder)  # a missing folder is an error, not an empty cache key
     return cache_mod.cached(name, folder, args, build, None if cache is True else cache)
+
+
+def _decode_errors(s: DatasetSpec, folder: Path, build: Callable[[], FaceArrays]) -> FaceArrays:
+    """Run a loader; a label file that is not UTF-8 text becomes the dataset's error."""
+    try:
+        return build()
+    except UnicodeDecodeError as exc:
+        raise s.error(f"a label file under {folder} is not UTF-8 text ({exc.reason} at byte {exc.start}: "
+                      f"{exc.object[max(0, exc.start - 10):exc.start + 10]!r}); save it as UTF-8", folder) from None

@@ -84,8 +84,8 @@ class DomainClassifier(nn.Module):
     def forward(self, features: torch.Tensor, domains: torch.Tensor) -> torch.Tensor:
         h = self.pre_output(features)
         if self.head == "softmax":
-            with torch.autocast(h.device.type, enabled=False):
-                logits = self.out(h)
+            with torch.autocast(h.device.type, enabled=False):  # the float head reads bf16 features under autocast
+                logits = self.out(h.to(self.out.weight.dtype))
                 return F.cross_entropy(logits.to(working_dtype(logits)), domains)
         return self.out(h, domains)
 

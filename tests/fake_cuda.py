@@ -1,0 +1,333 @@
+"""Fake CUDA tensors for device-discipline tests on a machine without a GPU.
+
+``with fake_cuda():`` every tensor made with ``device="cuda"`` (and every module moved there) is a
+:class:`FakeCudaTensor`: a CPU tensor that says ``device == cuda:0``. Kernels and the autograd engine see
+the CPU tensor inside (so forward, backward and optimizers run), Python code sees CUDA, and each op checks
+its inputs as CUDA would, raising :class:`DeviceMismatch` for
+
+* a CPU tensor (other than a 0-d scalar or an index) mixed with CUDA tensors,
+* a ``torch.Generator`` of another device type than the tensor it draws (``torch.Generator(device="cuda")``
+  inside the context makes a CPU generator that says it is a CUDA one),
+* and ``.numpy()`` of a CUDA tensor raises TypeError, as on CUDA.
+
+``torch.autocast("cuda", ...)`` becomes CPU autocast inside the context, so a run under fake CUDA also gets
+the bf16 activations of a real CUDA run (a float head fed bf16 features fails here too).
+
+Why not ``torch._subclasses.fake_tensor.FakeTensorMode``: it has no data, so every ``.item()``, ``float()``
+or data-dependent shape in the code under test raises ``DataDependentOutputException``, and its tensors
+cannot run backward (the autograd engine asks the CUDA driver for a primary context). Here the data is real.
+
+Limits: scratch tensors that a composite op makes with ``x.options()`` are taken to be on ``x``'s device
+(tracked per torch call); ``torch.cuda`` runtime calls other than ``synchronize`` and ``get_device_name``
+(events, streams, memory statistics) are not available; kernels run on the CPU, so CUDA-only numerical
+behaviour (TF32, nondeterministic atomics) is not simulated.
+"""
+from __future__ import annotations
+
+import contextlib
+import threading
+import weakref
+
+import torch
+from torch.overrides import TorchFunctionMode
+from torch.utils._python_dispatch import TorchDispatchMode
+
+CUDA = torch.device("cuda", 0)
+aten = torch.ops.aten
+
+#: CUDA kernels accept CPU index tensors for these ops (indices are copied to the device)
+INDEX_OPS = {aten.index.Tensor, aten.index_put_.default, aten.index_put.default, aten._index_put_impl_.default}
+#: ops that move data between devices on purpose
+COPY_OPS = {aten._to_copy.default, aten.copy_.default}
+
+
+class DeviceMismatch(RuntimeError):
+    """What CUDA would raise: tensors (or a generator) on different devices in one op."""
+
+
+class FakeCudaTensor(torch.Tensor):
+    """A CPU tensor (``elem``) that reports ``device == cuda:0``."""
+
+    elem: torch.Tensor
+
+    @staticmethod
+    def __new__(cls, elem: torch.Tensor):
+        r = torch.Tensor._make_wrapper_subclass(
+            cls, elem.size(), strides=elem.stride(), storage_offset=elem.storage_offset(),
+            dtype=elem.dtype, layout=elem.layout, device=elem.device, requires_grad=elem.requires_grad)
+        r.elem = elem
+        return r
+
+    def __repr__(self) -> str:
+        return f"FakeCudaTensor({self.elem!r})"
+
+    # C++ (kernels, the autograd engine) sees a CPU tensor, so backward runs; Python sees CUDA.
+    @property
+    def device(self) -> torch.device:
+        return CUDA
+
+    @property
+    def is_cuda(self) -> bool:
+        return True
+
+    def get_device(self) -> int:
+        return 0
+
+    __torch_function__ = torch._C._disabled_torch_function_impl
+
+    def cpu(self, memory_format=torch.preserve_format):
+        with _explicit_cpu():
+            return aten._to_copy.default(self, device=torch.device("cpu"))
+
+    def to(self, *args, **kwargs):
+        target = kwargs.get("device")
+        for a in args:
+            if isinstance(a, (str, torch.device)):
+                target = a
+            elif isinstance(a, torch.Tensor):
+                target = a.device
+        if target is not None and torch.device(target).type == "cpu":
+            dtype = next((a for a in args if isinstance(a, torch.dtype)), kwargs.get("dtype"))
+            with _explicit_cpu():
+                out = aten._to_copy.default(self, device=torch.device("cpu"))
+            return out.to(dtype) if dtype is not None else out
+        return super().to(*args, **kwargs)
+
+    def __reduce_ex__(self, protocol):  # torch.save / deepcopy: stored as the CPU data, as .cpu() would
+        return (FakeCudaTensor, (self.elem,)) if protocol is None else self.elem.__reduce_ex__(protocol)
+
+    def tolist(self):  # a host sync on CUDA; torch refuses subclasses here
+        return self.elem.tolist()
+
+    def numpy(self, *args, **kwargs):
+        raise TypeError("can't convert cuda:0 device type tensor to numpy. Use Tensor.cpu() to copy the "
+                        "tensor to host memory first.")
+
+    __array__ = numpy
+
+    @classmethod
+    def __torch_dispatch__(cls, func, types, args=(), kwargs=None):
+        return _run(func, args, kwargs or {})
+
+
+def _device_type(t: torch.Tensor) -> str:
+    return "cuda" if type(t) is FakeCudaTensor else t.device.type
+
+
+class _State(threading.local):
+    def __init__(self):
+        self.explicit_cpu = False     # inside Tensor.cpu() / .to("cpu") of a fake CUDA tensor
+        self.calls = []               # per torch-level call being run: did it get a CUDA tensor?
+
+
+_STATE = _State()
+
+
+@contextlib.contextmanager
+def _explicit_cpu():
+    _STATE.explicit_cpu = True
+    try:
+        yield
+    finally:
+        _STATE.explicit_cpu = False
+
+
+def _inside_cuda_call() -> bool:
+    """Whether the op runs inside a torch function called with CUDA tensors (a composite such as
+    ``torch.quantile`` makes its scratch tensors with the input's options: on CUDA, they are CUDA)."""
+    return bool(_STATE.calls) and _STATE.calls[-1]
+
+
+def _tensors(obj, out: list) -> list:
+    """The tensors in nested tuples / lists / dicts (a fast ``tree_flatten`` for op arguments)."""
+    if isinstance(obj, torch.Tensor):
+        out.append(obj)
+    elif isinstance(obj, (tuple, list)):
+        for x in obj:
+            _tensors(x, out)
+    elif isinstance(obj, dict):
+        for x in obj.values():
+            _tensors(x, out)
+    return out
+
+
+def _map(fn, obj):
+    """``fn`` on every tensor in nested tuples / lists / dicts (a fast ``tree_map``)."""
+    if isinstance(obj, torch.Tensor):
+        return fn(obj)
+    if isinstance(obj, tuple):
+        return tuple(_map(fn, x) for x in obj)
+    if isinstance(obj, list):
+        return [_map(fn, x) for x in obj]
+    if isinstance(obj, dict):
+        return {k: _map(fn, x) for k, x in obj.items()}
+    return obj
+
+
+def _unwrap(x):
+    return x.elem if type(x) is FakeCudaTensor else x
+
+
+def _wrap(x):
+    return x if type(x) is FakeCudaTensor else FakeCudaTensor(x)
+
+
+def _run(func, args, kwargs):
+    tensors = _tensors(kwargs, _tensors(args, []))
+    if func in INDEX_OPS:
+        indices = args[1] if len(args) > 1 else []
+        index_ids = {id(i) for i in (indices or []) if isinstance(i, torch.Tensor)}
+        tensors = [t for t in tensors if id(t) not in index_ids]
+    devices = {_device_type(t) for t in tensors if not (t.dim() == 0 and _device_type(t) == "cpu")}
+    if len(devices) > 1 and func not in COPY_OPS:
+        raise DeviceMismatch(f"{func}: Expected all tensors to be on the same device, but found at least "
+                             f"two devices, cuda:0 and cpu!")
+    wanted = kwargs.get("device")
+    wanted_type = torch.device(wanted).type if wanted is not None else None
+    if func is aten.copy_.default:
+        on_cuda = _device_type(args[0]) == "cuda"
+    elif func is aten._to_copy.default:
+        source_cuda = _device_type(args[0]) == "cuda"
+        # C++ casts (x.to(dtype) inside a kernel) name the tensor's own device, which is the CPU here
+        on_cuda = wanted_type == "cuda" or (source_cuda and not (wanted_type == "cpu" and _STATE.explicit_cpu))
+    elif not tensors and wanted_type is not None:   # a factory
+        on_cuda = wanted_type == "cuda" or (wanted_type == "cpu" and _inside_cuda_call())
+    else:
+        on_cuda = "cuda" in devices
+    generator = kwargs.get("generator")
+    if generator is not None:
+        gen_type = "cuda" if _is_fake_cuda_generator(generator) else generator.device.type
+        want_type = "cuda" if on_cuda else "cpu"
+        if gen_type != want_type:
+            raise DeviceMismatch(f"{func}: Expected a '{want_type}' device type for generator but found '{gen_type}'")
+
+    real_args, real_kwargs = _map(_unwrap, args), _map(_unwrap, kwargs)
+    if wanted_type == "cuda":
+        real_kwargs = dict(real_kwargs, device=torch.device("cpu"))
+    out = func(*real_args, **real_kwargs)
+    if func is aten.copy_.default:
+        return args[0]
+    if not on_cuda:
+        return out
+    return _map(_wrap, out)
+
+
+class _CallTracker(TorchFunctionMode):
+    """Remembers, for each torch function being run, whether it was given a CUDA tensor."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        _STATE.calls.append(any(type(t) is FakeCudaTensor for t in _tensors(kwargs, _tensors(args, []))))
+        try:
+            return func(*args, **kwargs)
+        finally:
+            _STATE.calls.pop()
+
+
+class _FakeCudaMode(TorchDispatchMode):
+    """Catches factory calls (``torch.zeros(..., device="cuda")``) that have no tensor argument."""
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        return _run(func, args, kwargs or {})
+
+
+_REAL_GENERATOR = torch.Generator
+
+
+class _AnyGenerator(type(torch.Generator)):
+    def __instancecheck__(cls, obj) -> bool:  # real generators made outside the block still count
+        return isinstance(obj, _REAL_GENERATOR)
+
+
+#: the fake CUDA generators made so far (weak references)
+_FAKE_GENERATORS: list = []
+
+
+def _is_fake_cuda_generator(generator: torch.Generator) -> bool:
+    """Whether ``generator`` is one of the fake CUDA generators.
+
+    The dispatcher hands ops a fresh Python wrapper of the generator, so identity is lost; the state is
+    not (a fake CUDA generator starts from a random seed, so an unseeded CPU generator never matches).
+    """
+    state = generator.get_state()
+    return any(g is not None and torch.equal(g.get_state(), state) for g in (r() for r in _FAKE_GENERATORS))
+
+
+class _Generator(torch.Generator, metaclass=_AnyGenerator):
+    """``torch.Generator(device="cuda")`` inside :func:`fake_cuda`: a CPU generator that says CUDA."""
+
+    def __new__(cls, device="cpu"):
+        if torch.device(device).type != "cuda":
+            return _REAL_GENERATOR(device)
+        g = super().__new__(cls, "cpu")
+        g.seed()  # not the default seed: an unseeded CPU generator must not look like this one
+        _FAKE_GENERATORS.append(weakref.ref(g))
+        return g
+
+    def __init__(self, device="cpu"):
+        pass
+
+    @property
+    def device(self) -> torch.device:
+        return CUDA
+
+
+class _Autocast(torch.amp.autocast):
+    """``torch.autocast("cuda", ...)`` as CPU autocast: the fake CUDA tensors are CPU tensors inside."""
+
+    def __init__(self, device_type: str, *args, **kwargs):
+        super().__init__("cpu" if device_type == "cuda" else device_type, *args, **kwargs)
+
+
+@contextlib.contextmanager
+def fake_cuda():
+    """Run the block with fake CUDA tensors (see the module docstring for what is checked)."""
+    saved = {
+        "lazy_init": torch.cuda._lazy_init,
+        "swap": torch.__future__.get_swap_module_params_on_conversion(),
+        "lift": torch._C._only_lift_cpu_tensors(),
+        "generator": torch.Generator,
+        "is_available": torch.cuda.is_available,
+        "is_bf16_supported": torch.cuda.is_bf16_supported,
+        "get_device_name": torch.cuda.get_device_name,
+        "autocast": torch.autocast,
+        "amp_autocast": torch.amp.autocast,
+        "synchronize": torch.cuda.synchronize,
+    }
+    # a CUDA device guard that does nothing (no driver here); as FakeTensorMode does
+    torch._C._ensureCUDADeviceGuardSet()
+    # factory calls with device="cuda" ask for CUDA's lazy initialisation before dispatch
+    torch.cuda._lazy_init = lambda: None
+    # module.to("cuda") must replace each parameter by a fake CUDA one, not set .data
+    torch.__future__.set_swap_module_params_on_conversion(True)
+    torch._C._set_only_lift_cpu_tensors(True)
+    torch.Generator = _Generator
+    torch.cuda.is_available = lambda: True
+    torch.cuda.is_bf16_supported = lambda *a, **k: True
+    torch.cuda.get_device_name = lambda *a, **k: "fake CUDA (tests/fake_cuda.py)"
+    torch.cuda.synchronize = lambda *a, **k: None
+    torch.autocast = torch.amp.autocast = _Autocast
+    try:
+        with _FakeCudaMode(), _CallTracker():
+            yield
+    finally:
+        torch.cuda._lazy_init = saved["lazy_init"]
+        torch.__future__.set_swap_module_params_on_conversion(saved["swap"])
+        torch._C._set_only_lift_cpu_tensors(saved["lift"])
+        torch.Generator = saved["generator"]
+        torch.cuda.is_available = saved["is_available"]
+        torch.cuda.is_bf16_supported = saved["is_bf16_supported"]
+        torch.cuda.get_device_name = saved["get_device_name"]
+        torch.cuda.synchronize = saved["synchronize"]
+        torch.autocast, torch.amp.autocast = saved["autocast"], saved["amp_autocast"]
+
+
+_PROCESS_CONTEXT = None
+
+
+def enter_for_process() -> None:
+    """Enter :func:`fake_cuda` for the rest of the process (notebook kernels of the fake-CUDA tests)."""
+    global _PROCESS_CONTEXT
+    if _PROCESS_CONTEXT is None:
+        _PROCESS_CONTEXT = fake_cuda()
+        _PROCESS_CONTEXT.__enter__()
