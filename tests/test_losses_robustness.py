@@ -382,3 +382,25 @@ def test_show_source_compute_needs_no_offsets():
     assert '"""The hinge' in show_source(TripletLoss.compute)
     start = show_source(TripletLoss, start="    def compute")
     assert start.startswith("    def compute") and "def forward" not in start
+
+
+def bad_input_table() -> str:
+    """The Markdown rows ``| case | error |`` of :data:`BAD_INPUTS`, as the reliability page lists them."""
+    rows = ["| loss input | error |", "|---|---|"]
+    for case, call, exc, _ in BAD_INPUTS:
+        try:
+            call()
+            message = "no error"
+        except exc as err:
+            message = f"`{type(err).__name__}`: {err}"
+        rows.append(f"| {case} | {message.replace('|', '/')} |")
+    return "\n".join(rows)
+
+
+def test_bad_input_table_has_a_row_and_an_error_per_case():
+    table = bad_input_table()
+    assert table.count("\n") == len(BAD_INPUTS) + 1 and "no error" not in table and table.count("Error`: ") == len(BAD_INPUTS)
+
+
+if __name__ == "__main__":      # python tests/test_losses_robustness.py  -> the table for book/reliability.md
+    print(bad_input_table())
