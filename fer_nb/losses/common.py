@@ -124,5 +124,14 @@ def reduce_values(values: torch.Tensor, reduction: str, anchor: torch.Tensor | N
     return reduce(values, None, reduction)
 
 
+def reduce_clusters(per: torch.Tensor, keep: torch.Tensor, reduction: str, anchor: torch.Tensor | None = None
+                    ) -> torch.Tensor:
+    """Reduce per-cluster values over the clusters in ``keep``; ``"none"`` returns only those clusters.
+
+    No cluster -> an exact 0 still connected to the graph. (``anchor`` is accepted for old callers.)
+    """
+    return per[keep] if reduction == "none" else reduce(per, keep, reduction)
+
+
 __all__ = ["REDUCTIONS", "check_batch", "check_indicator", "check_inputs", "check_reduction",
-           "reduce", "reduce_values", "working_dtype", "working_rows"]
+           "reduce", "reduce_clusters", "reduce_values", "working_dtype", "working_rows"]

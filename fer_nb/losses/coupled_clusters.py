@@ -30,21 +30,12 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from fer_nb.losses.common import check_batch, check_reduction, reduce, working_rows
+from fer_nb.losses.common import check_batch, check_reduction, reduce_clusters, working_rows
 from fer_nb.losses.distances import pairwise_sq_distances
-from fer_nb.losses.masks import cluster_masks, masked_mean, masked_min
+from fer_nb.losses.masks import cluster_masks, masked_mean, masked_min, reference_clusters
 
 __all__ = ["CoupledClustersLoss", "cluster_masks", "masked_mean", "reduce_clusters", "reference_clusters",
            "reference_coupled_clusters"]
-
-
-def reduce_clusters(per: torch.Tensor, keep: torch.Tensor, reduction: str, anchor: torch.Tensor | None = None
-                    ) -> torch.Tensor:
-    """Reduce per-cluster values over the clusters in ``keep``; ``"none"`` returns only those clusters.
-
-    No cluster -> an exact 0 still connected to the graph. (``anchor`` is accepted for old callers.)
-    """
-    return per[keep] if reduction == "none" else reduce(per, keep, reduction)
 
 
 class CoupledClustersLoss(nn.Module):
@@ -79,23 +70,6 @@ class CoupledClustersLoss(nn.Module):
         hinge = torch.where(pos & has_neg[:, None], hinge, torch.zeros((), dtype=d.dtype, device=d.device))
         per = hinge.sum(1) / pos.sum(1).clamp_min(1).to(x.dtype)
         return reduce_clusters(per, pos.any(1), self.reduction)
-
-
-def reference_clusters(labels: torch.Tensor, groups: torch.Tensor | None = None) -> list[tuple[list[int], list[int]]]:
-    """Loop reference of :func:`cluster_masks`: (positive rows, negative rows) of each cluster."""
-    y = labels.tolist()
-    out = []
-    if groups is None:
-        for c in sorted({v for v in y if v >= 0}):
-            out.append(([i for i, v in enumerate(y) if v == c], [i for i, v in enumerate(y) if v >= 0 and v != c]))
-        return out
-    g = groups.tolist()
-    for gid in sorted(set(g)):
-        rows = [i for i in range(len(y)) if g[i] == gid]
-        q = y[rows[0]]
-        if q >= 0:
-            out.append(([i for i in rows if y[i] == q], [i for i in rows if y[i] >= 0 and y[i] != q]))
-    return out
 
 
 def reference_coupled_clusters(x: torch.Tensor, labels: torch.Tensor, margin: float = 1.0,

@@ -35,7 +35,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from fer_nb.losses.center import check_centroid_options, init_centroids, moving_centroid_update
+from fer_nb.losses.centroids import check_centroid_options, init_centroids, moving_centroid_update
 from fer_nb.losses.common import check_inputs, reduce, working_dtype, working_rows
 from fer_nb.losses.distances import normalise, pairwise_sq_distances
 

@@ -35,7 +35,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from fer_nb.losses.common import REDUCTIONS, check_reduction, reduce, working_dtype  # noqa: F401  (REDUCTIONS: old import path)
+from fer_nb.losses.common import check_reduction, reduce, working_dtype
 from fer_nb.losses.distances import DISTANCES, normalise, pairwise_sq_distances
 
 __all__ = ["DISTANCES", "MarginMixLoss", "centroid_sq_distances", "eq11_gradient", "pairwise_sq_distances",

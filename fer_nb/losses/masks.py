@@ -72,4 +72,21 @@ def masked_min(values: torch.Tensor, mask: torch.Tensor, keepdim: bool = False) 
     return filled.amin(-1, keepdim=keepdim)
 
 
-__all__ = ["cluster_masks", "group_queries", "masked_mean", "masked_min", "positive_negative_masks"]
+def reference_clusters(labels: torch.Tensor, groups: torch.Tensor | None = None) -> list[tuple[list[int], list[int]]]:
+    """Loop reference of :func:`cluster_masks`: (positive rows, negative rows) of each cluster."""
+    y = labels.tolist()
+    out = []
+    if groups is None:
+        for c in sorted({v for v in y if v >= 0}):
+            out.append(([i for i, v in enumerate(y) if v == c], [i for i, v in enumerate(y) if v >= 0 and v != c]))
+        return out
+    g = groups.tolist()
+    for gid in sorted(set(g)):
+        rows = [i for i in range(len(y)) if g[i] == gid]
+        q = y[rows[0]]
+        if q >= 0:
+            out.append(([i for i in rows if y[i] == q], [i for i in rows if y[i] >= 0 and y[i] != q]))
+    return out
+
+
+__all__ = ["cluster_masks", "group_queries", "masked_mean", "masked_min", "positive_negative_masks", "reference_clusters"]

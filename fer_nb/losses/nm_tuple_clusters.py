@@ -78,10 +78,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from fer_nb.losses.common import check_batch, check_reduction, working_rows
-from fer_nb.losses.coupled_clusters import reduce_clusters, reference_clusters
+from fer_nb.losses.common import check_batch, check_reduction, reduce_clusters, working_rows
 from fer_nb.losses.distances import pairwise_sq_distances
-from fer_nb.losses.masks import cluster_masks, masked_mean, masked_min
+from fer_nb.losses.masks import cluster_masks, masked_mean, masked_min, reference_clusters
 
 __all__ = ["FORMS", "NMTupleClustersLoss", "ReferenceDistance", "online_positive_mining", "reference_nm_tuple"]
 
