@@ -384,6 +384,64 @@ def test_show_source_compute_needs_no_offsets():
     assert start.startswith("    def compute") and "def forward" not in start
 
 
+# ------------------------------------------------------------------ gaps found by the mutation run (mutmut)
+@pytest.mark.parametrize("n,seed", [(11, 6), (9, 2), (2, 0)])
+def test_caf_code_pairs_with_active_hinges(n, seed):
+    """``pairs="code"``: (s_i, s_{m-1-i}) pulled, (s_i, w_{m-1-i}) pushed; a margin wide enough that
+    every pushed pair is inside it, so each cross pair shows in the value (and ``m = 1`` is not empty)."""
+    g = torch.Generator().manual_seed(seed)
+    z = torch.randn(n, 3, generator=g, dtype=D64)
+    lab = (torch.arange(n) % 2 == 0).long() if n > 2 else torch.tensor([1, 0])
+    loss_fn = CAFCriticLoss(margin="constant", kappa=100.0, bandwidth=1.0, pairs="code")
+    got = loss_fn(z, lab)
+    alpha = loss_fn.last["alpha"].item()
+    s = [i for i in range(n) if lab[i] == 1]
+    w = [i for i in range(n) if lab[i] == 0]
+    m = min(len(s), len(w))
+    pos = [float((z[s[i]] - z[s[m - 1 - i]]).pow(2).sum()) for i in range(m) if i != m - 1 - i]
+    neg = [alpha - float((z[s[i]] - z[w[m - 1 - i]]).pow(2).sum()) for i in range(m)]
+    assert min(neg) > 0
+    assert got.item() == pytest.approx(sum(pos) / max(1, len(pos)) + 0.5 * sum(neg) / m, rel=1e-9)
+
+
+def test_confidence_delta_domain_and_dtype():
+    from fer_nb.losses.caf_critic import confidence_delta
+
+    one = confidence_delta(1, 1)
+    assert one.dtype == D64 and one.item() == pytest.approx(math.log(1 / 0.05) / 2, rel=1e-15)
+    for n, k in [(0, 1), (5, 0)]:
+        with pytest.raises(ValueError, match="Delta"):
+            confidence_delta(n, k)
+
+
+def test_nplus1_groups_keep_class_zero_negatives_and_a_last_row_positive():
+    x, _ = _batch(n=4)
+    y = torch.tensor([1, 0, 2, 1])          # query 0 (class 1), its positive is the last row, negatives 1 and 2
+    groups = torch.zeros(4, dtype=torch.long)
+
+    def d(i, j):
+        return float((x[i] - x[j]).pow(2).sum())
+
+    want = math.log(1 + math.exp(d(0, 3) + 0.1 - d(0, 1)) + math.exp(d(0, 3) + 0.1 - d(0, 2)))
+    assert NPlusOneTupleLoss(margin=0.1)(x, y, groups=groups).item() == pytest.approx(want, rel=1e-12)
+
+
+def test_eq11_paper_variant_is_the_diagonal_of_the_normalisation_jacobian():
+    from fer_nb.losses.margin_mix import eq11_gradient
+
+    g = torch.Generator().manual_seed(9)
+    e = torch.randn(5, 4, dtype=D64, generator=g)
+    y = torch.tensor([0, 1, 2, 0, 1])
+    c = torch.randn(3, 4, dtype=D64, generator=g)
+    e_hat = normalise(e).requires_grad_(True)
+    c_hat = normalise(c)
+    per = (e_hat[:, None] - c_hat[None]).pow(2).sum(-1)                 # squared distances (5, 3)
+    own = per.gather(1, y[:, None]).squeeze(1)
+    (g_hat,) = torch.autograd.grad((own - (per.sum(1) - own) / 2).sum(), e_hat)   # dL/de_hat
+    diag = torch.stack([torch.autograd.functional.jacobian(normalise, e[i]).diagonal() for i in range(5)])
+    torch.testing.assert_close(eq11_gradient(e, y, c, exact_jacobian=False), g_hat * diag)
+
+
 def bad_input_table() -> str:
     """The Markdown rows ``| case | error |`` of :data:`BAD_INPUTS`, as the reliability page lists them."""
     rows = ["| loss input | error |", "|---|---|"]
