@@ -238,6 +238,8 @@ BAD_INPUTS = [
      ValueError, r"negative_mask must be \(P, B\) = \(1, 6\)"),
     ("(N+1) pair through a -1 row", lambda: NPlusOneTupleLoss()(_x(), torch.tensor([0, -1, 1, 1, 0, 0]), pairs=torch.tensor([[0, 1]])),
      ValueError, r"NPlusOneTupleLoss: pairs or negative_mask use a row labelled -1"),
+    ("(N+1) groups wrong shape", lambda: NPlusOneTupleLoss()(_x(), torch.zeros(6, dtype=torch.long), groups=torch.zeros(4, dtype=torch.long)),
+     ValueError, r"groups must have the shape of labels \(6,\), got \(4,\)"),
     ("CoupledClusters groups wrong shape", lambda: CoupledClustersLoss()(_x(), torch.zeros(6, dtype=torch.long), groups=torch.zeros(5, dtype=torch.long)),
      ValueError, r"groups must have the shape of labels"),
     ("NMTuple adaptive without embedding_dim", lambda: NMTupleClustersLoss(adaptive=True), ValueError, r"needs embedding_dim="),
