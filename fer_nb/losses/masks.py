@@ -89,4 +89,21 @@ def reference_clusters(labels: torch.Tensor, groups: torch.Tensor | None = None)
     return out
 
 
-__all__ = ["cluster_masks", "group_queries", "masked_mean", "masked_min", "positive_negative_masks", "reference_clusters"]
+def reference_anchor_pairs(x: torch.Tensor, labels: torch.Tensor, power: int = 2):
+    """Loop reference of :func:`positive_negative_masks` with distances: yields ``(a, p, D_ap, D_an)``
+    for every labelled (anchor, positive) pair in row order, ``D_an`` the ``(N_a,)`` distances of the
+    anchor to its negatives (squared Euclidean for ``power=2``, Euclidean for ``power=1``)."""
+    y = labels.tolist()
+    for a in range(len(y)):
+        if y[a] < 0:
+            continue
+        neg = torch.tensor([yn >= 0 and yn != y[a] for yn in y], dtype=torch.bool, device=x.device)
+        d_an = (x[neg] - x[a]).pow(2).sum(1)
+        for p in range(len(y)):
+            if p != a and y[p] == y[a]:
+                d_ap = (x[a] - x[p]).pow(2).sum()
+                yield (a, p, d_ap, d_an) if power == 2 else (a, p, d_ap.sqrt(), d_an.sqrt())
+
+
+__all__ = ["cluster_masks", "group_queries", "masked_mean", "masked_min", "positive_negative_masks", "reference_anchor_pairs",
+           "reference_clusters"]

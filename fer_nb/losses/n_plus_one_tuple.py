@@ -37,7 +37,7 @@ from torch import nn
 
 from fer_nb.losses.common import check_batch, check_reduction, reduce_values, working_rows
 from fer_nb.losses.distances import pairwise_distances
-from fer_nb.losses.masks import group_queries, positive_negative_masks
+from fer_nb.losses.masks import group_queries, positive_negative_masks, reference_anchor_pairs
 
 __all__ = ["NPlusOneTupleLoss", "group_queries", "reference_n_plus_one"]
 
@@ -127,18 +127,8 @@ class NPlusOneTupleLoss(nn.Module):
 
 def reference_n_plus_one(x: torch.Tensor, labels: torch.Tensor, margin: float = 0.0, power: int = 2) -> torch.Tensor:
     """Loop reference of :class:`NPlusOneTupleLoss` (Eq. 1, mean over every (query, positive) pair)."""
-    y = labels.tolist()
     vals = []
-    for q in range(len(y)):
-        if y[q] < 0:
-            continue
-        neg = torch.tensor([yn >= 0 and yn != y[q] for yn in y], device=x.device)
-        d_qn = (x[neg] - x[q]).pow(2).sum(1)
-        for p in range(len(y)):
-            if p == q or y[p] != y[q]:
-                continue
-            d_qp = (x[p] - x[q]).pow(2).sum()
-            dp, dn = (d_qp, d_qn) if power == 2 else (d_qp.sqrt(), d_qn.sqrt())
-            z = dp + margin - dn       # log(1 + sum exp z) = logsumexp([0, z]): no overflow in float32
-            vals.append(torch.logsumexp(torch.cat([z.new_zeros(1), z]), 0))
+    for _, _, d_qp, d_qn in reference_anchor_pairs(x, labels, power):    # every (query, positive) pair
+        z = d_qp + margin - d_qn        # log(1 + sum exp z) = logsumexp([0, z]): no overflow in float32
+        vals.append(torch.logsumexp(torch.cat([z.new_zeros(1), z]), 0))
     return torch.stack(vals).mean() if vals else x.new_zeros(())

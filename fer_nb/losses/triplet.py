@@ -34,7 +34,7 @@ from torch.nn import functional as F
 from fer_nb.losses.common import (REDUCTIONS, check_batch, check_reduction, reduce_values,
                                   working_dtype, working_rows)
 from fer_nb.losses.distances import pairwise_distances
-from fer_nb.losses.masks import positive_negative_masks
+from fer_nb.losses.masks import positive_negative_masks, reference_anchor_pairs
 
 # names other modules imported from here before the ground floor existed (fer_nb.losses.common,
 # .distances, .masks); kept importable from this module
@@ -120,21 +120,7 @@ def reference_triplet(x: torch.Tensor, labels: torch.Tensor, margin: float = 1.0
 
     Per-triplet values in the order of :meth:`TripletLoss.all_triplets` for ``reduction="none"``.
     """
-    y = labels.tolist()
-    vals = []
-    for a in range(len(y)):
-        if y[a] < 0:
-            continue
-        neg = torch.tensor([yn >= 0 and yn != y[a] for yn in y], device=x.device)
-        d_an = (x[neg] - x[a]).pow(2).sum(1)
-        for p in range(len(y)):
-            if p == a or y[p] != y[a]:
-                continue
-            d_ap = (x[a] - x[p]).pow(2).sum()
-            if power == 1:
-                vals.append(F.relu(d_ap.sqrt() - d_an.sqrt() + margin))
-            else:
-                vals.append(F.relu(d_ap - d_an + margin))
+    vals = [F.relu(d_ap - d_an + margin) for _, _, d_ap, d_an in reference_anchor_pairs(x, labels, power)]
     per = torch.cat(vals) if vals else x.new_zeros(0)
     if reduction == "none":
         return per
