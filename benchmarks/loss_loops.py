@@ -1,5 +1,6 @@
-"""Per-sample loop references of the book's losses, written the way public code often is (a
-Python loop over samples or pairs, tensor ops inside), for timing against the vectorised losses.
+"""The loop references of the book's losses (``reference_<name>`` beside each loss in
+:mod:`fer_nb.losses`: a Python loop over samples or pairs with tensor ops inside, the way public code
+often is) timed against the vectorised losses.
 
 Each case builds both versions on the same batch; :func:`run` checks that they agree before
 timing them, so the speed-up is between two implementations of the same number.
@@ -9,7 +10,6 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 
 from benchmarks.timing import time_call
 
@@ -22,181 +22,64 @@ def _data(batch, dim, classes, device, seed=0):
 
 
 def case_center(x, y, c):
-    from fer_nb.losses.center import CenterLoss
+    from fer_nb.losses.center import CenterLoss, reference_center
 
     loss = CenterLoss(c, x.shape[1], squared=True).to(x.device).eval()
     loss.centers.copy_(torch.randn_like(loss.centers))
-    cen = loss.centers
-
-    def loop():
-        return torch.stack([(x[i] - cen[y[i]]).pow(2).sum() for i in range(len(y))]).mean()
-
-    return (lambda: loss(x, y)), loop
+    return (lambda: loss(x, y)), (lambda: reference_center(x, y, loss.centers, squared=True))
 
 
 def case_large_margin(x, y, c):
-    from fer_nb.losses.large_margin import LargeMarginLoss
+    from fer_nb.losses.large_margin import LargeMarginLoss, reference_large_margin
 
     loss = LargeMarginLoss(c, x.shape[1]).to(x.device).eval()
     loss.centers.copy_(torch.randn_like(loss.centers))
-    cen = loss.centers
-
-    def loop():
-        vals = []
-        for i in range(len(y)):
-            xh = x[i] / x[i].norm()
-            d = torch.stack([(xh - cen[k] / cen[k].norm()).norm() for k in range(c)])
-            j = int(y[i])
-            vals.append(d[j] - (d.sum() - d[j]) / (c - 1))
-        return torch.stack(vals).mean()
-
-    return (lambda: loss(x, y)), loop
+    return (lambda: loss(x, y)), (lambda: reference_large_margin(x, y, loss.centers))
 
 
 def case_triplet(x, y, c):
-    from fer_nb.losses.triplet import TripletLoss
+    from fer_nb.losses.triplet import TripletLoss, reference_triplet
 
     loss = TripletLoss(margin=1.0, power=2)
-
-    def loop():
-        vals = []
-        for a in range(len(y)):
-            neg = x[y != y[a]]
-            d_an = (neg - x[a]).pow(2).sum(1)
-            for p in range(len(y)):
-                if p != a and y[p] == y[a]:
-                    vals.append(F.relu((x[p] - x[a]).pow(2).sum() - d_an + 1.0))
-        return torch.cat(vals).mean()
-
-    return (lambda: loss(x, y)), loop
+    return (lambda: loss(x, y)), (lambda: reference_triplet(x, y, margin=1.0, power=2))
 
 
 def case_n_plus_one(x, y, c):
-    from fer_nb.losses.n_plus_one_tuple import NPlusOneTupleLoss
+    from fer_nb.losses.n_plus_one_tuple import NPlusOneTupleLoss, reference_n_plus_one
 
     loss = NPlusOneTupleLoss(margin=0.0, power=2)
-
-    def loop():
-        vals = []
-        for a in range(len(y)):
-            d_an = (x[y != y[a]] - x[a]).pow(2).sum(1)
-            for p in range(len(y)):
-                if p != a and y[p] == y[a]:
-                    z = (x[p] - x[a]).pow(2).sum() - d_an
-                    vals.append(torch.logsumexp(torch.cat([z.new_zeros(1), z]), 0))
-        return torch.stack(vals).mean()
-
-    return (lambda: loss(x, y)), loop
+    return (lambda: loss(x, y)), (lambda: reference_n_plus_one(x, y, margin=0.0))
 
 
 def case_contrastive(x, y, c):
-    from fer_nb.losses.contrastive import ContrastiveLoss
+    from fer_nb.losses.contrastive import ContrastiveLoss, reference_contrastive
 
     loss = ContrastiveLoss(neg_margin=1.0)
-
-    def loop():
-        pos, neg, n_pos, n_neg = 0.0, 0.0, 0, 0
-        for i in range(len(y)):
-            d = (x - x[i]).pow(2).sum(1).clamp_min(1e-12).sqrt()
-            same = y == y[i]
-            same[i] = False
-            diff = y != y[i]
-            pos = pos + (0.5 * d[same].pow(2)).sum()
-            neg = neg + (0.5 * F.relu(1.0 - d[diff]).pow(2)).sum()
-            n_pos += int(same.sum())
-            n_neg += int(diff.sum())
-        return pos / max(n_pos, 1) + neg / max(n_neg, 1)
-
-    return (lambda: loss(x, y)), loop
+    return (lambda: loss(x, y)), (lambda: reference_contrastive(x, y, neg_margin=1.0))
 
 
 def case_arcface(x, y, c):
-    from fer_nb.losses.angular_margin import AngularMarginLoss
+    from fer_nb.losses.angular_margin import AngularMarginLoss, reference_arcface
 
     loss = AngularMarginLoss(x.shape[1], c, scale=64.0, margin=0.5).to(x.device)
-    w = loss.weight if loss.weight.shape[0] == c else loss.weight.T
-
-    def loop():
-        vals = []
-        for i in range(len(y)):
-            cos = F.normalize(w, dim=1) @ (x[i] / x[i].norm())
-            j = int(y[i])
-            theta = torch.acos(cos[j].clamp(-1 + 1e-7, 1 - 1e-7))
-            target = torch.where(theta > math.pi - 0.5, cos[j] - 0.5 * math.sin(0.5), torch.cos(theta + 0.5))
-            logits = 64.0 * torch.cat([cos[:j], target[None], cos[j + 1:]])
-            vals.append(torch.logsumexp(logits, 0) - logits[j])
-        return torch.stack(vals).mean()
-
-    return (lambda: loss(x, y)), loop
+    return (lambda: loss(x, y)), (lambda: reference_arcface(x, loss.weight, y, 64.0, 0.5).mean())
 
 
 def case_cosface(x, y, c):
-    from fer_nb.losses.cosface import CosFaceLoss
+    from fer_nb.losses.cosface import CosFaceLoss, reference_cosface
 
     loss = CosFaceLoss(x.shape[1], c).to(x.device)
-
-    def loop():
-        vals = []
-        for i in range(len(y)):
-            cos = F.normalize(loss.weight, dim=1) @ (x[i] / x[i].norm())
-            j = int(y[i])
-            logits = 64.0 * torch.cat([cos[:j], (cos[j] - 0.35)[None], cos[j + 1:]])
-            vals.append(torch.logsumexp(logits, 0) - logits[j])
-        return torch.stack(vals).mean()
-
-    return (lambda: loss(x, y)), loop
+    return (lambda: loss(x, y)), (lambda: reference_cosface(x, loss.weight, y, 64.0, 0.35).mean())
 
 
 def case_caf_critic(x, y, c):
-    """All-pairs critic loss (Eq. 6-7) with its adaptive margin (Eq. 5, 8), both computed in the loop
-    version as a loop reference would: pairs one anchor at a time, MI one latent dimension at a
-    time, ``K`` by walking the sorted strong-weak distances until ``d_(k) >= MI + Delta(N, k)``."""
-    import math
-
-    from fer_nb.losses.caf_critic import CAFCriticLoss
+    """All-pairs critic loss (Eq. 6-7) with its adaptive margin (Eq. 5, 8) and the default bandwidth."""
+    from fer_nb.losses.caf_critic import CAFCriticLoss, reference_caf_critic
 
     z = x[:, :16].contiguous()
     strong = y < (c // 2)
     loss = CAFCriticLoss()
-
-    def vec():
-        return loss(z, strong)
-
-    def loop():
-        n = len(z)
-        zs, zw = z[strong], z[~strong]
-        sigma = float(z.abs().median().clamp_min(1e-3))
-        ms, mw = [], []
-        for k in range(z.shape[1]):   # group means of the Gaussian-kernel features, per dimension
-            ms.append(float(torch.exp(-zs[:, k].pow(2) / (2 * sigma**2)).mean()))
-            mw.append(float(torch.exp(-zw[:, k].pow(2) / (2 * sigma**2)).mean()))
-        am, bm = sum(ms) / len(ms), sum(mw) / len(mw)
-        cov = sum((p - am) * (q - bm) for p, q in zip(ms, mw))
-        den = math.sqrt(sum((p - am) ** 2 for p in ms) * sum((q - bm) ** 2 for q in mw))
-        eta = cov / den if den > 1e-12 else 0.0
-        mi = min(max(-0.5 * math.log1p(-min(eta * eta, 1 - 1e-6)), 0.0), 2.5)
-        pos, n_pos, cross = 0.0, 0, []
-        for i in range(n):
-            if not strong[i]:
-                continue
-            d = (z - z[i]).pow(2).sum(1)
-            later = torch.zeros_like(strong)
-            later[i + 1:] = True
-            pos = pos + d[strong & later].sum()
-            n_pos += int((strong & later).sum())
-            cross.append(d[~strong])
-        cross = torch.cat(cross)
-        k = 0
-        for value in torch.sort(cross.detach()).values.tolist():
-            if value < mi + math.log(n / 0.05) / (2 * (k + 1)):
-                k += 1
-            else:
-                break
-        alpha = mi + math.log(n / 0.05) / (2 * max(k, 1))
-        hinge = F.relu(alpha - cross).sum()
-        return pos / max(n_pos, 1) + 0.5 * hinge / max(len(cross), 1)
-
-    return vec, loop
+    return (lambda: loss(z, strong)), (lambda: reference_caf_critic(z, strong)[0])
 
 
 CASES = {

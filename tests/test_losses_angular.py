@@ -12,53 +12,11 @@ import numpy as np
 import pytest
 import torch
 
-from fer_nb.losses.angular_margin import AngularMarginLoss, angular_margin_logits, cosine_logits
-from fer_nb.losses.cosface import CosFaceLoss
+from fer_nb.losses.angular_margin import AngularMarginLoss, angular_margin_logits, cosine_logits, reference_arcface
+from fer_nb.losses.cosface import CosFaceLoss, reference_cosface
 
 pml_losses = pytest.importorskip("pytorch_metric_learning.losses")
 from pytorch_metric_learning.reducers import DoNothingReducer, MeanReducer  # noqa: E402
-
-
-def loop_arcface(x: torch.Tensor, w: torch.Tensor, y: torch.Tensor, s: float, m: float,
-                 overflow: str = "arcface") -> list[float]:
-    """Per-sample loss of Eq. 13-16 (+ Eq. 18's log), one sample and one class at a time, in math."""
-    out = []
-    for i in range(x.shape[0]):
-        xi = [float(v) for v in x[i]]
-        nx = math.sqrt(sum(v * v for v in xi))
-        logits = []
-        for j in range(w.shape[0]):
-            wj = [float(v) for v in w[j]]
-            nw = math.sqrt(sum(v * v for v in wj))
-            cos = sum(a * b for a, b in zip(xi, wj)) / (nx * nw) if nx > 0 and nw > 0 else 0.0
-            cos = max(-1.0, min(1.0, cos))
-            if j == int(y[i]) and m > 0:
-                rho = math.acos(cos)
-                if overflow == "arcface" and rho > math.pi - m:
-                    val = cos - m * math.sin(m)
-                elif overflow == "easy" and cos <= 0:
-                    val = cos
-                else:
-                    val = math.cos(rho + m)
-            else:
-                val = cos
-            logits.append(s * val)
-        mx = max(logits)
-        lse = mx + math.log(sum(math.exp(v - mx) for v in logits))
-        out.append(lse - logits[int(y[i])])
-    return out
-
-
-def loop_cosface(x, w, y, s, m) -> list[float]:
-    out = []
-    for i in range(x.shape[0]):
-        logits = []
-        for j in range(w.shape[0]):
-            cos = float(torch.dot(x[i], w[j]) / (x[i].norm() * w[j].norm()))
-            logits.append(s * (cos - (m if j == int(y[i]) else 0.0)))
-        mx = max(logits)
-        out.append(mx + math.log(sum(math.exp(v - mx) for v in logits)) - logits[int(y[i])])
-    return out
 
 
 def _data(n=12, d=5, c=2, seed=0):
@@ -83,7 +41,7 @@ def test_angular_margin_matches_loop_reference(overflow, c):
     loss = AngularMarginLoss(5, c, scale=64.0, margin=0.5, overflow=overflow, reduction="none").double()
     x = torch.cat([x, _anti_aligned(loss, y)])  # half the rows in the rho > pi - m region
     y = torch.cat([y, y])
-    ref = torch.tensor(loop_arcface(x, loss.weight.detach(), y, 64.0, 0.5, overflow), dtype=torch.float64)
+    ref = reference_arcface(x, loss.weight.detach(), y, 64.0, 0.5, overflow)
     got = loss(x, y)
     torch.testing.assert_close(got, ref, rtol=1e-9, atol=1e-9)
     assert bool((torch.arccos(loss.cosine(x)[torch.arange(len(y)), y].clamp(-1, 1)) > math.pi - 0.5).any())
@@ -199,7 +157,7 @@ def test_degenerate_batches_are_finite(make):
 def test_cosface_matches_loop_and_pytorch_metric_learning():
     x, y = _data(n=16, d=6, c=7, seed=8)
     ours = CosFaceLoss(6, 7, scale=64.0, margin=0.35, reduction="none").double()
-    ref = torch.tensor(loop_cosface(x, ours.weight.detach(), y, 64.0, 0.35), dtype=torch.float64)
+    ref = reference_cosface(x, ours.weight.detach(), y, 64.0, 0.35)
     torch.testing.assert_close(ours(x, y), ref, rtol=1e-9, atol=1e-9)
     pml = pml_losses.CosFaceLoss(num_classes=7, embedding_size=6, margin=0.35, scale=64, reducer=MeanReducer())
     with torch.no_grad():

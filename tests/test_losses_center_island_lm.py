@@ -6,65 +6,14 @@ centroid update rules.
 """
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
 
-from fer_nb.losses.center import CenterLoss
-from fer_nb.losses.island import IslandLoss
-from fer_nb.losses.large_margin import LargeMarginLoss
+from fer_nb.losses.center import CenterLoss, reference_center
+from fer_nb.losses.island import IslandLoss, reference_island_term
+from fer_nb.losses.large_margin import LargeMarginLoss, reference_large_margin
 
 torch.set_default_dtype(torch.float32)
-
-
-# ---------------------------------------------------------------- loop references (the equations)
-def ref_center(x, y, centers, squared):
-    total, n = 0.0, 0
-    for i in range(x.shape[0]):
-        if int(y[i]) < 0:
-            continue
-        d2 = sum((float(x[i, d]) - float(centers[int(y[i]), d])) ** 2 for d in range(x.shape[1]))
-        total += d2 if squared else math.sqrt(d2)
-        n += 1
-    return total, n
-
-
-def ref_island(centers):
-    C = centers.shape[0]
-    s = 0.0
-    for j in range(C):
-        for k in range(C):
-            if j == k:
-                continue
-            cj, ck = centers[j].tolist(), centers[k].tolist()
-            dot = sum(a * b for a, b in zip(cj, ck))
-            nj, nk = math.sqrt(sum(a * a for a in cj)), math.sqrt(sum(b * b for b in ck))
-            s += dot / (nj * nk) + 1.0
-    return s
-
-
-def ref_lm(x, y, centers, squared=False):
-    """Eq. 3, one sample and one class at a time."""
-    C = centers.shape[0]
-    total, n = 0.0, 0
-    for i in range(x.shape[0]):
-        j = int(y[i])
-        if j < 0:
-            continue
-        xi = x[i].tolist()
-        nx = math.sqrt(sum(a * a for a in xi))
-        xh = [a / nx for a in xi]
-
-        def dist(k):
-            ck = centers[k].tolist()
-            nc = math.sqrt(sum(a * a for a in ck))
-            d2 = sum((a - b / nc) ** 2 for a, b in zip(xh, ck))
-            return d2 if squared else math.sqrt(d2)
-
-        total += dist(j) - sum(dist(k) for k in range(C) if k != j) / (C - 1)
-        n += 1
-    return total, n
 
 
 def _data(B=9, D=5, C=4, seed=0, dtype=torch.float64):
@@ -82,14 +31,9 @@ def test_center_matches_loop(squared, reduction):
     x, y = _data()
     loss = CenterLoss(4, 5, reduction, squared=squared).double().eval()
     out = loss(x, y)
-    total, n = ref_center(x, y, loss.centers, squared)
-    if reduction == "mean":
-        assert out.item() == pytest.approx(total / n, rel=1e-10)
-    elif reduction == "sum":
-        assert out.item() == pytest.approx(total, rel=1e-10)
-    else:
-        assert out.shape == (9,) and out[0].item() == 0.0
-        assert out.sum().item() == pytest.approx(total, rel=1e-10)
+    ref = reference_center(x, y, loss.centers, squared, reduction)
+    assert out.shape == ref.shape and (reduction != "none" or out[0].item() == 0.0)
+    torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-12)
 
 
 @pytest.mark.parametrize("update", ["moving", "sgd"])
@@ -165,9 +109,8 @@ def test_center_sgd_centres_learn():
 def test_island_matches_loop():
     x, y = _data()
     loss = IslandLoss(4, 5, lambda1=0.3).double().eval()
-    total, n = ref_center(x, y, loss.centers, True)
-    expected = total / n + 0.3 * ref_island(loss.centers)
-    assert loss(x, y).item() == pytest.approx(expected, rel=1e-10)
+    expected = reference_center(x, y, loss.centers, True) + 0.3 * reference_island_term(loss.centers)
+    torch.testing.assert_close(loss(x, y), expected, rtol=1e-10, atol=1e-12)
 
 
 def test_island_gradcheck_and_centre_push():
@@ -208,13 +151,9 @@ def test_lm_matches_loop(squared, reduction):
     loss = LargeMarginLoss(4, 5, reduction, squared=squared).double().eval()
     loss.centers.copy_(torch.randn(4, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(3)))
     out = loss(x, y)
-    total, n = ref_lm(x, y, loss.centers, squared)
-    if reduction == "mean":
-        assert out.item() == pytest.approx(total / n, rel=1e-10)
-    elif reduction == "sum":
-        assert out.item() == pytest.approx(total, rel=1e-10)
-    else:
-        assert out[0].item() == 0.0 and out.sum().item() == pytest.approx(total, rel=1e-10)
+    ref = reference_large_margin(x, y, loss.centers, squared, reduction)
+    assert out.shape == ref.shape and (reduction != "none" or out[0].item() == 0.0)
+    torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-12)
 
 
 def test_lm_bounded_and_scale_invariant():
@@ -248,7 +187,7 @@ def test_lm_pseudo_labels_ssl_mode():
     assert plain[2] == 0 and plain[3] == 0
     ssl = loss(x, y, pseudo_labels=pl)
     assert torch.allclose(ssl[:2], plain[:2])
-    total, _ = ref_lm(x[2:], torch.tensor([0, 1]), loss.centers)
+    total = float(reference_large_margin(x[2:], torch.tensor([0, 1]), loss.centers, reduction="sum"))
     assert ssl[2:].sum().item() == pytest.approx(total, rel=1e-10)
     # centroid update uses the self-predicted labels of the unlabelled rows
     lm = LargeMarginLoss(2, 2).double().train()

@@ -11,10 +11,10 @@ from pytorch_metric_learning import losses as pml_losses
 from pytorch_metric_learning.distances import LpDistance
 from pytorch_metric_learning.reducers import MeanReducer
 
-from fer_nb.losses.coupled_clusters import CoupledClustersLoss, cluster_masks
-from fer_nb.losses.n_plus_one_tuple import NPlusOneTupleLoss
-from fer_nb.losses.nm_tuple_clusters import NMTupleClustersLoss
-from fer_nb.losses.triplet import TripletLoss
+from fer_nb.losses.coupled_clusters import CoupledClustersLoss, cluster_masks, reference_coupled_clusters
+from fer_nb.losses.n_plus_one_tuple import NPlusOneTupleLoss, reference_n_plus_one
+from fer_nb.losses.nm_tuple_clusters import NMTupleClustersLoss, reference_nm_tuple
+from fer_nb.losses.triplet import TripletLoss, reference_triplet
 
 
 def batch(n=12, d=5, k=3, seed=0, dtype=torch.float64):
@@ -29,99 +29,13 @@ def D(a, b, power=2):
     return d2 if power == 2 else math.sqrt(d2)
 
 
-# ---------------------------------------------------------------- loop references of the equations
-def triplet_ref(x, y, margin, power):
-    vals = []
-    for a in range(len(y)):
-        for p in range(len(y)):
-            for n in range(len(y)):
-                if a != p and y[a] == y[p] and y[n] != y[a] and y[a] >= 0 and y[n] >= 0:
-                    vals.append(max(0.0, D(x[a], x[p], power) - D(x[a], x[n], power) + margin))
-    return sum(vals) / len(vals) if vals else 0.0
-
-
-def nplus1_ref(x, y, margin):
-    vals = []
-    for a in range(len(y)):
-        for p in range(len(y)):
-            if a == p or y[a] != y[p] or y[a] < 0:
-                continue
-            s = sum(math.exp(D(x[a], x[p]) + margin - D(x[a], x[n])) for n in range(len(y)) if y[n] != y[a] and y[n] >= 0)
-            vals.append(math.log(1 + s))  # Eq. 1
-    return sum(vals) / len(vals)
-
-
-def clusters_ref(y, groups):
-    """(positives, negatives) index lists per cluster, by plain loops."""
-    out = []
-    if groups is None:
-        for c in sorted(set(int(v) for v in y if v >= 0)):
-            out.append(([i for i in range(len(y)) if y[i] == c], [i for i in range(len(y)) if y[i] >= 0 and y[i] != c]))
-    else:
-        for g in sorted(set(int(v) for v in groups)):
-            rows = [i for i in range(len(y)) if groups[i] == g]
-            q = rows[0]
-            if y[q] < 0:
-                continue
-            out.append(([i for i in rows if y[i] == y[q]], [i for i in rows if y[i] != y[q] and y[i] >= 0]))
-    return out
-
-
-def ccl_ref(x, y, margin, groups=None):
-    vals = []
-    for pos, neg in clusters_ref(y, groups):
-        c = sum(x[i] for i in pos) / len(pos)
-        if not neg:
-            vals.append(0.0)
-            continue
-        dn = min(D(x[j], c) for j in neg)
-        vals.append(sum(0.5 * max(0.0, D(x[i], c) + margin - dn) for i in pos) / len(pos))
-    return sum(vals) / len(vals)
-
-
-def mine_ref(x, pos, neg):
-    """Algorithm 1."""
-    c = sum(x[i] for i in pos) / len(pos)
-    if not neg:
-        return pos
-    dn = min(D(x[j], c) for j in neg)
-    kept = [i for i in pos if D(x[i], c) <= dn]
-    return kept or pos
-
-
-def nm_fixed_ref(x, y, T, tau, groups=None, mining=True):
-    vals = []
-    for pos, neg in clusters_ref(y, groups):
-        kept = mine_ref(x, pos, neg) if mining else pos
-        c = sum(x[i] for i in kept) / len(kept)
-        lp = sum(max(0.0, D(x[i], c) - T + tau / 2) for i in kept) / len(kept)   # Eq. 3
-        ln = sum(max(0.0, T + tau / 2 - D(x[j], c)) for j in neg) / len(neg) if neg else 0.0
-        vals.append(lp + ln)
-    return sum(vals) / len(vals)
-
-
-def nm_adaptive_ref(x, y, mats, groups=None):
-    A, B, cvec, b = (mats[k].detach().double() for k in ("A", "B", "c", "b"))
-
-    def H(f1, f2):  # Eq. 7 with explicit matrices
-        return float(0.5 * f1 @ A @ f1 + 0.5 * f2 @ A @ f2 + f1 @ B @ f2 + cvec @ (f1 + f2) + b)
-
-    vals = []
-    for pos, neg in clusters_ref(y, groups):
-        kept = mine_ref(x, pos, neg)
-        c = sum(x[i] for i in kept) / len(kept)
-        terms = [max(0.0, -H(x[i], c) + 1) for i in kept] + [max(0.0, H(x[j], c) + 1) for j in neg]  # Eq. 10
-        vals.append(sum(terms) / len(terms))
-    return sum(vals) / len(vals)
-
-
 # ---------------------------------------------------------------- triplet
 @pytest.mark.parametrize("power", [1, 2])
 def test_triplet_matches_loop_and_pml(power):
     x, y = batch()
     margin = 0.7
     ours = TripletLoss(margin=margin, power=power)(x, y)
-    assert ours.item() == pytest.approx(triplet_ref(x, y, margin, power), rel=1e-9)
+    assert ours.item() == pytest.approx(float(reference_triplet(x, y, margin, power)), rel=1e-9)
     pml = pml_losses.TripletMarginLoss(margin=margin, distance=LpDistance(normalize_embeddings=False, p=2, power=power),
                                        reducer=MeanReducer(), triplets_per_anchor="all")
     assert ours.item() == pytest.approx(pml(x, y).item(), rel=1e-6)
@@ -189,7 +103,7 @@ def test_triplet_explicit_triplets_and_reductions():
 # ---------------------------------------------------------------- (N+1)-tuple
 def test_nplus1_matches_loop():
     x, y = batch()
-    assert NPlusOneTupleLoss(margin=0.3)(x, y).item() == pytest.approx(nplus1_ref(x, y, 0.3), rel=1e-9)
+    assert NPlusOneTupleLoss(margin=0.3)(x, y).item() == pytest.approx(float(reference_n_plus_one(x, y, 0.3)), rel=1e-9)
 
 
 def test_nplus1_eq2_rewrite_is_an_identity():
@@ -234,7 +148,7 @@ def test_ccl_matches_loop(use_groups):
     x, y = batch(n=14)
     groups = torch.arange(14) // 7 if use_groups else None
     ours = CoupledClustersLoss(margin=0.8)(x, y, groups=groups)
-    assert ours.item() == pytest.approx(ccl_ref(x, y, 0.8, groups), rel=1e-9)
+    assert ours.item() == pytest.approx(float(reference_coupled_clusters(x, y, 0.8, groups)), rel=1e-9)
 
 
 def test_cluster_masks_groups():
@@ -252,7 +166,7 @@ def test_nm_fixed_matches_loop(use_groups, mining):
     x, y = batch(n=14)
     groups = torch.arange(14) // 7 if use_groups else None
     ours = NMTupleClustersLoss(reference=3.0, tau=1.5, mining=mining)(x, y, groups=groups)
-    assert ours.item() == pytest.approx(nm_fixed_ref(x, y, 3.0, 1.5, groups, mining), rel=1e-9)
+    assert ours.item() == pytest.approx(float(reference_nm_tuple(x, y, 3.0, 1.5, groups, mining)), rel=1e-9)
 
 
 def test_mining_keeps_all_when_every_positive_is_beyond_the_nearest_negative():
@@ -263,7 +177,7 @@ def test_mining_keeps_all_when_every_positive_is_beyond_the_nearest_negative():
     mined = NMTupleClustersLoss(reference=1.0, tau=0.0, mining=True)(x, y, groups=g)
     plain = NMTupleClustersLoss(reference=1.0, tau=0.0, mining=False)(x, y, groups=g)
     assert mined.item() == pytest.approx(plain.item(), rel=1e-12)
-    assert mined.item() == pytest.approx(nm_fixed_ref(x, y, 1.0, 0.0, g), rel=1e-12)
+    assert mined.item() == pytest.approx(float(reference_nm_tuple(x, y, 1.0, 0.0, g)), rel=1e-12)
 
 
 def test_mining_changes_the_centre():
@@ -289,21 +203,18 @@ def test_nm_adaptive_matches_loop_with_explicit_matrices(form, use_groups):
         for p in loss.parameters():
             p.add_(0.3 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel()), dtype=p.dtype))
     ours = loss(x, y, groups=groups)
-    assert ours.item() == pytest.approx(nm_adaptive_ref(x, y, loss.H.matrices(), groups), rel=1e-9)
+    assert ours.item() == pytest.approx(float(reference_nm_tuple(x, y, groups=groups, matrices={k: v.detach() for k, v in loss.H.matrices().items()})), rel=1e-9)
 
 
 def test_adaptive_metric_form_starts_at_fixed_loss():
     x, y = batch(n=12, d=6)
     adaptive = NMTupleClustersLoss(adaptive=True, embedding_dim=6, init_reference=2.5).double()
     # Eq. 10 with H = T - D, T = 2.5, tau/2 = 1: the Eq. 3 hinges, weighted by 1/(N + M*) jointly
-    vals = []
-    for pos, neg in clusters_ref(y, None):
-        kept = mine_ref(x, pos, neg)
-        c = sum(x[i] for i in kept) / len(kept)
-        terms = [max(0.0, D(x[i], c) - 2.5 + 1) for i in kept] + [max(0.0, 2.5 + 1 - D(x[j], c)) for j in neg]
-        vals.append(sum(terms) / len(terms))
+    # H = 2.5 - ||f1 - f2||^2 written as Eq. 7's explicit matrices: A = -2I, B = 2I, c = 0, b = 2.5
+    eye = torch.eye(6, dtype=torch.float64)
+    mats = {"A": -2 * eye, "B": 2 * eye, "c": torch.zeros(6, dtype=torch.float64), "b": torch.tensor(2.5)}
     # (sqrt(2) of the initial L_A, L_B is stored in float32: agreement to ~1e-7)
-    assert adaptive(x, y).item() == pytest.approx(sum(vals) / len(vals), rel=1e-6)
+    assert adaptive(x, y).item() == pytest.approx(float(reference_nm_tuple(x, y, matrices=mats)), rel=1e-6)
     # H = b - ||f1 - f2||^2 at the initialisation (Eq. 8 with L_A = L_B = sqrt(2) I, c = 0)
     h = adaptive.H(x, x[:3])
     assert torch.allclose(h, 2.5 - ((x[None, :3] - x[:, None]) ** 2).sum(-1).T, rtol=1e-6, atol=1e-6)

@@ -32,7 +32,8 @@ far on the wrong side would be pushed the wrong way. ``overflow`` says what to d
 
 ``cos(rho + m)`` is computed as ``cos(rho) cos(m) - sin(rho) sin(m)`` with
 ``sin(rho) = sqrt(max(1 - cos^2, eps))`` (``rho`` in ``[0, pi]``), which keeps the gradient finite
-where ``cos(rho) = +-1``, unlike ``acos``. Everything is computed in float32 (float64 stays
+where ``cos(rho) = +-1``, unlike ``acos``, and bounded next to it (the margin logit's slope is at most
+``s (cos m + sin m)``). Everything is computed in float32 (float64 stays
 float64), also under autocast. ``margin = 0`` is the plain angular softmax of Eq. 13.
 """
 from __future__ import annotations
@@ -42,11 +43,12 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
-from fer_nb.losses.common import check_inputs, reduce, working_dtype
+from fer_nb.losses.common import (REDUCTIONS, check_inputs, check_reduction, reduce, working_dtype,
+                                  working_rows)
 
-__all__ = ["AngularMarginLoss", "CosineClassifierLoss", "OVERFLOWS", "REDUCTIONS", "angular_margin_logits", "cosine_logits"]
+__all__ = ["AngularMarginLoss", "CosineClassifierLoss", "OVERFLOWS", "REDUCTIONS", "angular_margin_logits",
+           "cosine_logits", "reference_arcface", "working_dtype"]
 
-REDUCTIONS = ("mean", "sum", "none")
 OVERFLOWS = ("arcface", "easy", "none")
 
 
@@ -98,11 +100,10 @@ class CosineClassifierLoss(nn.Module):
     def __init__(self, embedding_dim: int, num_classes: int, scale: float, reduction: str):
         super().__init__()
         if num_classes < 1 or embedding_dim < 1:
-            raise ValueError(f"num_classes and embedding_dim must be >= 1, got {num_classes}, {embedding_dim}")
-        if reduction not in REDUCTIONS:
-            raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+            raise ValueError(f"{type(self).__name__}: num_classes and embedding_dim must be >= 1, got {num_classes}, {embedding_dim}")
+        check_reduction(reduction, type(self).__name__)
         if not scale > 0:
-            raise ValueError(f"scale s must be > 0, got {scale}")
+            raise ValueError(f"{type(self).__name__}: scale s must be > 0, got {scale}")
         self.embedding_dim, self.num_classes = int(embedding_dim), int(num_classes)
         self.scale, self.reduction = float(scale), reduction
         self.weight = nn.Parameter(torch.empty(num_classes, embedding_dim))
@@ -124,11 +125,14 @@ class CosineClassifierLoss(nn.Module):
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         check_inputs(embeddings, labels, self.num_classes, self.embedding_dim, type(self).__name__)
-        valid = labels >= 0
         with torch.autocast(embeddings.device.type, enabled=False):
-            logits = self.logits(embeddings, labels)
-            per = F.cross_entropy(logits, labels.clamp_min(0), reduction="none")
-            return reduce(per, valid, self.reduction)
+            return self.compute(working_rows(embeddings, labels >= 0), labels)
+
+    def compute(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Eq. 18: cross-entropy of the margin logits (Eq. 13-16), over the labelled rows."""
+        logits = self.margin_logits(self.cosine(x), labels)
+        per = F.cross_entropy(logits, labels.clamp_min(0), reduction="none")
+        return reduce(per, labels >= 0, self.reduction)
 
 
 class AngularMarginLoss(CosineClassifierLoss):
@@ -151,9 +155,9 @@ class AngularMarginLoss(CosineClassifierLoss):
     def __init__(self, embedding_dim: int, num_classes: int = 2, scale: float = 64.0, margin: float = 0.5,
                  overflow: str = "arcface", reduction: str = "mean"):
         if overflow not in OVERFLOWS:
-            raise ValueError(f"overflow must be one of {OVERFLOWS}, got {overflow!r}")
+            raise ValueError(f"AngularMarginLoss: overflow must be one of {OVERFLOWS}, got {overflow!r}")
         if not 0.0 <= margin < math.pi:
-            raise ValueError(f"margin m is an angle in radians in [0, pi), got {margin} "
+            raise ValueError(f"AngularMarginLoss: margin m is an angle in radians in [0, pi), got {margin} "
                              f"(pytorch-metric-learning's ArcFaceLoss takes degrees: use math.radians)")
         super().__init__(embedding_dim, num_classes, scale, reduction)
         self.margin, self.overflow = float(margin), overflow
@@ -167,3 +171,26 @@ class AngularMarginLoss(CosineClassifierLoss):
         if self.margin == 0.0:
             return self.scale * cosine
         return angular_margin_logits(cosine, labels, self.scale, self.margin, self.overflow)
+
+
+def reference_arcface(x: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, scale: float = 64.0,
+                      margin: float = 0.5, overflow: str = "arcface") -> torch.Tensor:
+    """Loop reference of :class:`AngularMarginLoss`: per-row losses (Eq. 13-16, 18), one row at a time,
+    the angle taken with ``acos``. Rows labelled ``-1`` give 0; ``margin=0`` is Eq. 13's softmax."""
+    per = []
+    for i, y in enumerate(labels.tolist()):
+        if y < 0:
+            per.append(x.new_zeros(()))
+            continue
+        cos = (weight @ x[i] / (weight.norm(dim=1) * x[i].norm())).clamp(-1.0, 1.0)
+        target = cos[y]
+        if margin > 0:
+            rho = torch.acos(target)
+            target = torch.cos(rho + margin)
+            if overflow == "arcface" and float(rho.detach()) > math.pi - margin:
+                target = cos[y] - margin * math.sin(margin)
+            elif overflow == "easy" and float(cos[y].detach()) <= 0:
+                target = cos[y]
+        logits = scale * torch.cat([cos[:y], target[None], cos[y + 1:]])
+        per.append(torch.logsumexp(logits, 0) - logits[y])
+    return torch.stack(per) if per else x.new_zeros(0)

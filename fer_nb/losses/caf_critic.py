@@ -47,14 +47,22 @@ import math
 import torch
 from torch import nn
 
+from fer_nb.losses.common import check_indicator, working_dtype
 from fer_nb.losses.distances import pairwise_sq_distances
+
+__all__ = ["CAFCriticLoss", "MARGINS", "PAIRS", "collapse_eigenvalue", "confidence_delta", "gaussian_kernel_features",
+           "gaussian_mi", "margin_count", "reference_caf_critic", "reference_gaussian_mi"]
 
 MARGINS = ("delta", "constant", "linear", "mi_only")
 PAIRS = ("all", "code")
 
 
 def gaussian_kernel_features(z: torch.Tensor, bandwidth: float | None = None) -> torch.Tensor:
-    """Element-wise Gaussian kernel ``g(z) = exp(-z^2 / (2 sigma^2))`` (sigma: median |z| if None)."""
+    """Element-wise Gaussian kernel ``g(z) = exp(-z^2 / (2 sigma^2))``.
+
+    ``bandwidth=None``: ``sigma`` = the median of ``|z|`` over all entries (``torch.median``: the
+    lower of the two middle values for an even count), floored at ``1e-3``.
+    """
     if bandwidth is None:
         sigma = z.detach().abs().median().clamp_min(1e-3)
     else:
@@ -130,13 +138,13 @@ class CAFCriticLoss(nn.Module):
                  detach_margin: bool = True, positive_weight: float = 1.0):
         super().__init__()
         if margin not in MARGINS:
-            raise ValueError(f"unknown margin {margin!r}; use one of {MARGINS}")
+            raise ValueError(f"CAFCriticLoss: unknown margin {margin!r}; use one of {MARGINS}")
         if pairs not in PAIRS:
-            raise ValueError(f"unknown pairs {pairs!r}; use one of {PAIRS}")
+            raise ValueError(f"CAFCriticLoss: unknown pairs {pairs!r}; use one of {PAIRS}")
         if c <= 0:
-            raise ValueError(f"the confidence parameter c must be > 0, got {c}")
+            raise ValueError(f"CAFCriticLoss: the confidence parameter c must be > 0, got {c}")
         if not positive_weight > 0:
-            raise ValueError(f"positive_weight must be > 0 (1 = Eq. 7 as printed), got {positive_weight}")
+            raise ValueError(f"CAFCriticLoss: positive_weight must be > 0 (1 = Eq. 7 as printed), got {positive_weight}")
         self.margin, self.kappa, self.kappa0, self.kappa_slope = margin, kappa, kappa0, kappa_slope
         self.c, self.bandwidth, self.mi_max, self.pairs = c, bandwidth, mi_max, pairs
         self.chi2_weight, self.detach_margin = chi2_weight, detach_margin
@@ -163,15 +171,16 @@ class CAFCriticLoss(nn.Module):
         return alpha
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor, epoch: int = 0) -> torch.Tensor:
-        z = embeddings
-        if z.ndim != 2:
-            raise ValueError(f"embeddings must be (B, d) critic outputs, got shape {tuple(z.shape)}")
-        if labels.shape != (z.shape[0],):
-            raise ValueError(f"labels must be a (B,) strong/weak indicator, got {tuple(labels.shape)} "
-                             f"for {z.shape[0]} embeddings")
-        dtype = torch.float64 if z.dtype == torch.float64 else torch.float32
-        z = z.to(dtype)
-        strong = labels.to(z.device).bool()
+        if embeddings.ndim != 2:
+            raise ValueError(f"CAFCriticLoss: embeddings must be (B, d) critic outputs, got shape "
+                             f"{tuple(embeddings.shape)}")
+        strong = check_indicator(labels, embeddings.shape[0], "CAFCriticLoss").to(embeddings.device)
+        with torch.autocast(embeddings.device.type, enabled=False):
+            return self.compute(embeddings.to(working_dtype(embeddings)), strong, epoch)
+
+    def compute(self, z: torch.Tensor, strong: torch.Tensor, epoch: int = 0) -> torch.Tensor:
+        """Eq. 7 (+ Eq. 3's regulariser): mean strong-strong ``D^2`` + half the mean cross hinge
+        ``max(0, alpha_hat - D^2)``, ``alpha_hat`` from Eq. 5 / 8; ``strong`` is the bool P/Q mask."""
         n = z.shape[0]
         d2 = pairwise_sq_distances(z)  # (B, B) squared Euclidean distances, one GEMM
         if self.pairs == "all":
@@ -182,8 +191,8 @@ class CAFCriticLoss(nn.Module):
             pos_mask, neg_mask = self._code_pairs(strong)
         cross = d2[neg_mask]
         alpha = self.adaptive_margin(z[strong], z[~strong], cross, n, epoch)
-        n_pos = pos_mask.sum().clamp_min(1).to(dtype)
-        n_neg = neg_mask.sum().clamp_min(1).to(dtype)
+        n_pos = pos_mask.sum().clamp_min(1).to(z.dtype)
+        n_neg = neg_mask.sum().clamp_min(1).to(z.dtype)
         pos_term = (d2 * pos_mask).sum() / n_pos
         hinge = torch.relu(alpha - d2) * neg_mask
         neg_term = 0.5 * hinge.sum() / n_neg
@@ -253,3 +262,72 @@ def collapse_eigenvalue(features: torch.Tensor, strong: torch.Tensor, ridge: flo
     f2 = validate[0].detach().double().to(f.device)
     v_ss, v_sw = _pair_moments(f2, validate[1].to(f.device).bool())
     return (u @ v_sw @ u) / (u @ v_ss @ u).clamp_min(1e-30)
+
+
+def reference_gaussian_mi(z: torch.Tensor, strong: torch.Tensor, sigma: float | None = None,
+                          mi_max: float = 2.5) -> tuple[float, float]:
+    """Loop reference of :func:`gaussian_mi` in plain Python floats: ``(MI, eta)``.
+
+    ``sigma=None``: the lower median of ``|z|`` (sorted, element ``(n - 1) // 2``), as the loss's default.
+    """
+    rows = z.tolist()
+    flags = [bool(v) for v in strong.tolist()]
+    if sigma is None:
+        values = sorted(abs(v) for row in rows for v in row)
+        sigma = max(values[(len(values) - 1) // 2], 1e-3)
+    zs = [r for r, f in zip(rows, flags) if f]
+    zw = [r for r, f in zip(rows, flags) if not f]
+    d = len(rows[0])
+
+    def g(v):
+        return math.exp(-v * v / (2 * sigma * sigma))
+
+    ms = [sum(g(r[k]) for r in zs) / len(zs) for k in range(d)]
+    mw = [sum(g(r[k]) for r in zw) / len(zw) for k in range(d)]
+    a_bar, b_bar = sum(ms) / d, sum(mw) / d
+    cov = sum((ms[k] - a_bar) * (mw[k] - b_bar) for k in range(d))
+    den = math.sqrt(sum((v - a_bar) ** 2 for v in ms) * sum((v - b_bar) ** 2 for v in mw))
+    eta = cov / den if den > 1e-12 else 0.0
+    return min(mi_max, max(0.0, -0.5 * math.log1p(-min(eta * eta, 1 - 1e-6)))), eta
+
+
+def reference_caf_critic(z: torch.Tensor, strong: torch.Tensor, margin: str = "delta", sigma: float | None = None,
+                         kappa: float = 0.2, epoch: int = 0, c: float = 0.05,
+                         chi2_weight: float = 0.0) -> tuple[torch.Tensor, float]:
+    """Loop reference of :class:`CAFCriticLoss` with ``pairs="all"``: ``(loss, alpha)``, one strong anchor at a time.
+
+    ``K`` by walking the sorted strong-weak distances while ``d_(k) < MI + Delta(N, k)`` (Eq. 8).
+    """
+    n = len(z)
+    flags = [bool(v) for v in strong.tolist()]
+    mi, _ = reference_gaussian_mi(z, strong, sigma)
+    pos, cross = [z.new_zeros(0)], [z.new_zeros(0)]
+    weak = torch.tensor([not f for f in flags], dtype=torch.bool, device=z.device)
+    for i in range(n):                               # one strong anchor at a time
+        if not flags[i]:
+            continue
+        d2 = (z - z[i]).pow(2).sum(1)
+        later = torch.tensor([flags[j] and j > i for j in range(n)], dtype=torch.bool, device=z.device)
+        pos.append(d2[later])
+        cross.append(d2[weak])
+    pos, cross = torch.cat(pos), torch.cat(cross)
+    if margin == "delta":
+        k = 0
+        for value in sorted(cross.tolist()):
+            if value < mi + math.log(n / c) / (2 * (k + 1)):
+                k += 1
+            else:
+                break
+        alpha = mi + math.log(n / c) / (2 * max(k, 1))
+    elif margin == "constant":
+        alpha = mi + kappa
+    elif margin == "linear":
+        alpha = mi + 0.1 + epoch * 5e-3
+    else:
+        alpha = mi
+    hinge = torch.relu(alpha - cross)
+    loss = pos.sum() / max(1, len(pos)) + 0.5 * hinge.sum() / max(1, len(cross))
+    if chi2_weight:
+        f2 = pos.pow(2).sum() + hinge.pow(2).sum()
+        loss = loss + chi2_weight * 0.25 * f2 / (max(1, len(pos)) + max(1, len(cross)))
+    return loss, alpha

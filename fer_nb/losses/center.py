@@ -34,60 +34,11 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from fer_nb.losses.common import check_inputs, reduce, working_dtype
+from fer_nb.losses.centroids import UPDATES, check_centroid_options, init_centroids, moving_centroid_update
+from fer_nb.losses.common import REDUCTIONS, check_inputs, reduce, working_dtype, working_rows
 
-REDUCTIONS = ("mean", "sum", "none")
-UPDATES = ("moving", "sgd")
-
-
-def check_centroid_options(reduction: str, update: str, alpha: float) -> None:
-    """Validate the options shared by the centroid losses (errors name the valid values)."""
-    if reduction not in REDUCTIONS:
-        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
-    if update not in UPDATES:
-        raise ValueError(f"update must be one of {UPDATES}, got {update!r}")
-    if not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"alpha (centroid learning rate) must be in [0, 1], got {alpha}")
-
-
-def init_centroids(module: nn.Module, num_classes: int, embedding_dim: int, update: str) -> None:
-    """Give ``module`` its ``(C, D)`` ``centers`` (a parameter for ``update="sgd"``, else a buffer)
-    and the ``seen`` buffer of classes that already have a centre from data (the moving update
-    initialises a class to its batch mean the first time it appears)."""
-    init = torch.randn(num_classes, embedding_dim) * 0.01
-    if update == "sgd":
-        module.centers = nn.Parameter(init)
-    else:
-        module.register_buffer("centers", init)
-    module.register_buffer("seen", torch.zeros(num_classes, dtype=torch.bool))
-
-
-@torch.no_grad()
-def moving_centroid_update(centers: torch.Tensor, seen: torch.Tensor, embeddings: torch.Tensor,
-                           labels: torch.Tensor, alpha: float, extra_delta: torch.Tensor | None = None) -> None:
-    """In-place moving update of ``centers`` (Wen et al., Eq. 4) from a batch; vectorised.
-
-    ``delta_j = sum_{i: y_i=j} (c_j - x_i) / (1 + n_j)``; ``c_j -= alpha * (delta_j + extra_delta_j)``.
-    Classes not yet ``seen`` are set to their batch mean (Racoviteanu et al., Eq. 1) instead.
-    ``extra_delta`` (``(C, D)``) lets the island loss add its inter-centre term (Cai et al.).
-    """
-    valid = labels >= 0
-    x = embeddings.detach()[valid].to(centers.dtype)
-    y = labels[valid]
-    num_classes = centers.shape[0]
-    sums = torch.zeros_like(centers).index_add_(0, y, x)
-    counts = torch.zeros(num_classes, dtype=centers.dtype, device=centers.device).index_add_(
-        0, y, torch.ones_like(y, dtype=centers.dtype))
-    present = counts > 0
-    delta = (counts[:, None] * centers - sums) / (1.0 + counts[:, None])
-    if extra_delta is not None:
-        delta = delta + extra_delta.to(centers.dtype)
-    new = centers - alpha * delta
-    first = present & ~seen
-    batch_mean = sums / counts.clamp_min(1)[:, None]
-    new = torch.where(first[:, None], batch_mean, new)
-    centers.copy_(new)
-    seen |= present
+__all__ = ["CenterLoss", "REDUCTIONS", "UPDATES", "check_centroid_options", "check_inputs", "init_centroids",
+           "moving_centroid_update", "reduce", "reference_center", "working_dtype"]
 
 
 class CenterLoss(nn.Module):
@@ -113,8 +64,8 @@ class CenterLoss(nn.Module):
                  squared: bool = True, update: str = "moving", alpha: float = 0.5, eps: float = 1e-12):
         super().__init__()
         if num_classes < 1 or embedding_dim < 1:
-            raise ValueError(f"num_classes and embedding_dim must be >= 1, got {num_classes}, {embedding_dim}")
-        check_centroid_options(reduction, update, alpha)
+            raise ValueError(f"{type(self).__name__}: num_classes and embedding_dim must be >= 1, got {num_classes}, {embedding_dim}")
+        check_centroid_options(reduction, update, alpha, type(self).__name__)
         self.num_classes, self.embedding_dim = int(num_classes), int(embedding_dim)
         self.reduction, self.squared, self.update, self.alpha, self.eps = reduction, squared, update, alpha, eps
         init_centroids(self, num_classes, embedding_dim, update)
@@ -136,10 +87,31 @@ class CenterLoss(nn.Module):
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         check_inputs(embeddings, labels, self.num_classes, self.embedding_dim, type(self).__name__)
-        valid = labels >= 0
         with torch.autocast(embeddings.device.type, enabled=False):
-            per = self.distances(embeddings, labels)
-            loss = reduce(per, valid, self.reduction)
+            loss = self.compute(working_rows(embeddings, labels >= 0), labels)
         if self.update == "moving" and self.training:
-            moving_centroid_update(self.centers, self.seen, embeddings, labels, self.alpha, self._update_delta())
+            moving_centroid_update(self.centers, self.seen, embeddings, labels, self.alpha, self._update_delta(),
+                                   type(self).__name__)
         return loss
+
+    def compute(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Eq. 1 (Wen et al.'s squared form by default): ``||x_i - c_{y_i}||`` over the labelled rows, reduced."""
+        return reduce(self.distances(x, labels), labels >= 0, self.reduction)
+
+
+def reference_center(x: torch.Tensor, labels: torch.Tensor, centers: torch.Tensor, squared: bool = True,
+                     reduction: str = "mean") -> torch.Tensor:
+    """Loop reference of :class:`CenterLoss` (Eq. 1): one labelled row at a time."""
+    y = labels.tolist()
+    per = []
+    for i in range(len(y)):
+        if y[i] < 0:
+            per.append(x.new_zeros(()))
+            continue
+        d2 = (x[i] - centers[y[i]]).pow(2).sum()
+        per.append(d2 if squared else d2.sqrt())
+    per = torch.stack(per) if per else x.new_zeros(0)
+    if reduction == "none":
+        return per
+    n = sum(v >= 0 for v in y)
+    return per.sum() if reduction == "sum" else per.sum() / max(n, 1)

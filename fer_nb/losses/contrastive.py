@@ -39,29 +39,18 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from fer_nb.losses.common import working_dtype
 
-from fer_nb.losses.distances import pairwise_sq_distances as _pairwise_sq
+from fer_nb.losses.common import REDUCTIONS as _BASE_REDUCTIONS
+from fer_nb.losses.common import check_batch, check_reduction, working_rows
+from fer_nb.losses.distances import normalise, pairwise_sq_distances
+from fer_nb.losses.masks import positive_negative_masks
 
-REDUCTIONS = ("mean", "mean_nonzero", "sum", "none")
+REDUCTIONS = ("mean_nonzero", *_BASE_REDUCTIONS)   # the shared three + pytorch-metric-learning's default
 
 
 def check_pair_inputs(embeddings: torch.Tensor, labels: torch.Tensor, name: str) -> None:
-    """Shape/type checks for pair-based losses (errors name the fix)."""
-    if embeddings.ndim != 2:
-        raise ValueError(f"{name}: embeddings must be (batch, dim), got shape {tuple(embeddings.shape)}; "
-                         f"flatten them with embeddings.flatten(1)")
-    if labels.ndim != 1 or labels.shape[0] != embeddings.shape[0]:
-        raise ValueError(f"{name}: labels must be (batch,) = ({embeddings.shape[0]},), got {tuple(labels.shape)}")
-    if labels.dtype.is_floating_point or labels.dtype == torch.bool:
-        raise TypeError(f"{name}: labels must be integer class ids (use labels.long()), got {labels.dtype}")
-    if labels.numel() and bool((labels < -1).any()):
-        raise ValueError(f"{name}: labels must be >= -1 (-1 = unlabelled, ignored); got min {int(labels.min())}")
-
-
-def pairwise_sq_distances(x: torch.Tensor) -> torch.Tensor:
-    """``(B, B)`` squared Euclidean distances (one GEMM; see :mod:`fer_nb.losses.distances`)."""
-    return _pairwise_sq(x)
+    """Shape/type checks for pair-based losses (errors name the fix); see :func:`common.check_batch`."""
+    check_batch(embeddings, labels, name)
 
 
 class ContrastiveLoss(nn.Module):
@@ -85,16 +74,15 @@ class ContrastiveLoss(nn.Module):
     def __init__(self, neg_margin: float = 1.0, pos_margin: float = 0.0, *, power: int = 1, hinge_power: int = 2,
                  coefficient: float = 0.5, normalize: bool = False, reduction: str = "mean", eps: float = 1e-12):
         super().__init__()
-        if reduction not in REDUCTIONS:
-            raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+        check_reduction(reduction, "ContrastiveLoss", REDUCTIONS)
         if power not in (1, 2):
-            raise ValueError(f"power must be 1 (Euclidean distance) or 2 (squared distance), got {power!r}")
+            raise ValueError(f"ContrastiveLoss: power must be 1 (Euclidean distance) or 2 (squared distance), got {power!r}")
         if hinge_power not in (1, 2):
-            raise ValueError(f"hinge_power must be 1 (hinge) or 2 (squared hinge, Hadsell), got {hinge_power!r}")
+            raise ValueError(f"ContrastiveLoss: hinge_power must be 1 (hinge) or 2 (squared hinge, Hadsell), got {hinge_power!r}")
         if neg_margin < pos_margin:
-            raise ValueError(f"neg_margin ({neg_margin}) must be >= pos_margin ({pos_margin})")
+            raise ValueError(f"ContrastiveLoss: neg_margin ({neg_margin}) must be >= pos_margin ({pos_margin})")
         if coefficient <= 0:
-            raise ValueError(f"coefficient must be > 0, got {coefficient}")
+            raise ValueError(f"ContrastiveLoss: coefficient must be > 0, got {coefficient}")
         self.neg_margin, self.pos_margin = float(neg_margin), float(pos_margin)
         self.power, self.hinge_power, self.coefficient = int(power), int(hinge_power), float(coefficient)
         self.normalize, self.reduction, self.eps = bool(normalize), reduction, float(eps)
@@ -104,41 +92,66 @@ class ContrastiveLoss(nn.Module):
                 f"hinge_power={self.hinge_power}, coefficient={self.coefficient}, normalize={self.normalize}, "
                 f"reduction={self.reduction!r}")
 
-    def distances(self, embeddings: torch.Tensor) -> torch.Tensor:
-        """``(B, B)`` matrix of ``D_ij`` (Euclidean, or squared for ``power=2``), in float32/64."""
-        x = embeddings.to(working_dtype(embeddings))
+    def distances(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, B)`` matrix of ``D_ij`` (Euclidean, or squared for ``power=2``) of float rows ``x``."""
         if self.normalize:
-            x = x / x.norm(dim=1, keepdim=True).clamp_min(self.eps)
+            x = normalise(x, self.eps)
         d2 = pairwise_sq_distances(x)
         return d2 if self.power == 2 else d2.clamp_min(self.eps).sqrt()
 
     def pair_masks(self, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Boolean ``(B, B)`` masks of the positive and negative unordered pairs ``i < j``."""
-        valid = labels >= 0
-        both = valid[:, None] & valid[None, :]
-        upper = torch.ones(len(labels), len(labels), dtype=torch.bool, device=labels.device).triu(1)
-        same = labels[:, None] == labels[None, :]
-        return both & upper & same, both & upper & ~same
+        return positive_negative_masks(labels, unordered=True)
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        check_pair_inputs(embeddings, labels, type(self).__name__)
+        check_batch(embeddings, labels, type(self).__name__)
         with torch.autocast(embeddings.device.type, enabled=False):
-            d = self.distances(embeddings)
-            pos, neg = self.pair_masks(labels)
-            a, q = self.coefficient, self.hinge_power
-            pos_loss = a * torch.relu(d - self.pos_margin).pow(q) * pos
-            neg_loss = a * torch.relu(self.neg_margin - d).pow(q) * neg
-            if self.reduction == "none":
-                return pos_loss + neg_loss
-            if self.reduction == "sum":
-                return pos_loss.sum() + neg_loss.sum()
-            if self.reduction == "mean":
-                pos_count, neg_count = pos.sum(), neg.sum()
-            else:  # mean_nonzero: average over the pairs that still violate their margin
-                pos_count, neg_count = (pos_loss > 0).sum(), (neg_loss > 0).sum()
-            dt = pos_loss.dtype
-            return (pos_loss.sum() / pos_count.clamp_min(1).to(dt)
-                    + neg_loss.sum() / neg_count.clamp_min(1).to(dt))
+            return self.compute(working_rows(embeddings, labels >= 0), labels)
+
+    def compute(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Hadsell et al.'s Eq. 4 in the ``a [D - m+]_+^q`` / ``a [m- - D]_+^q`` form, reduced."""
+        d = self.distances(x)
+        pos, neg = self.pair_masks(labels)
+        a, q = self.coefficient, self.hinge_power
+        pos_loss = a * torch.relu(d - self.pos_margin).pow(q) * pos
+        neg_loss = a * torch.relu(self.neg_margin - d).pow(q) * neg
+        if self.reduction == "none":
+            return pos_loss + neg_loss
+        if self.reduction == "sum":
+            return pos_loss.sum() + neg_loss.sum()
+        if self.reduction == "mean":
+            pos_count, neg_count = pos.sum(), neg.sum()
+        else:  # mean_nonzero: average over the pairs that still violate their margin
+            pos_count, neg_count = (pos_loss > 0).sum(), (neg_loss > 0).sum()
+        dt = pos_loss.dtype
+        return (pos_loss.sum() / pos_count.clamp_min(1).to(dt)
+                + neg_loss.sum() / neg_count.clamp_min(1).to(dt))
 
 
-__all__ = ["ContrastiveLoss", "pairwise_sq_distances", "check_pair_inputs"]
+def reference_contrastive(x: torch.Tensor, labels: torch.Tensor, neg_margin: float = 1.0, pos_margin: float = 0.0,
+                          power: int = 1, hinge_power: int = 2, coefficient: float = 0.5, normalize: bool = False,
+                          reduction: str = "mean") -> torch.Tensor:
+    """Loop reference of :class:`ContrastiveLoss`: one labelled row ``i`` at a time, its pairs ``j > i``."""
+    y = labels.tolist()
+    pos, neg = [x.new_zeros(0)], [x.new_zeros(0)]
+    for i in range(len(y)):
+        if y[i] < 0:
+            continue
+        xi = x[i] / x[i].norm().clamp_min(1e-12) if normalize else x[i]
+        later = [j for j in range(i + 1, len(y)) if y[j] >= 0]
+        xj = x[later]
+        if normalize:
+            xj = xj / xj.norm(dim=1, keepdim=True).clamp_min(1e-12)
+        d = (xj - xi).pow(2).sum(1).sqrt() ** power
+        same = torch.tensor([y[j] == y[i] for j in later], dtype=torch.bool, device=x.device)
+        pos.append(coefficient * torch.relu(d[same] - pos_margin) ** hinge_power)
+        neg.append(coefficient * torch.relu(neg_margin - d[~same]) ** hinge_power)
+    pos, neg = torch.cat(pos), torch.cat(neg)
+    if reduction == "sum":
+        return pos.sum() + neg.sum()
+    if reduction == "mean_nonzero":
+        pos, neg = pos[pos > 0], neg[neg > 0]
+    return pos.sum() / max(len(pos), 1) + neg.sum() / max(len(neg), 1)
+
+
+__all__ = ["ContrastiveLoss", "REDUCTIONS", "check_pair_inputs", "pairwise_sq_distances", "reference_contrastive"]

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from fer_nb.losses.angular_margin import CosineClassifierLoss
 
-__all__ = ["CosFaceLoss", "cosface_logits"]
+__all__ = ["CosFaceLoss", "cosface_logits", "reference_cosface"]
 
 
 def cosface_logits(cosine: torch.Tensor, labels: torch.Tensor, scale: float = 64.0, margin: float = 0.35) -> torch.Tensor:
@@ -48,7 +48,7 @@ class CosFaceLoss(CosineClassifierLoss):
     def __init__(self, embedding_dim: int, num_classes: int, scale: float = 64.0, margin: float = 0.35,
                  reduction: str = "mean"):
         if not 0.0 <= margin <= 2.0:
-            raise ValueError(f"cosine margin m must lie in [0, 2], got {margin}")
+            raise ValueError(f"CosFaceLoss: cosine margin m must lie in [0, 2], got {margin}")
         super().__init__(embedding_dim, num_classes, scale, reduction)
         self.margin = float(margin)
 
@@ -59,3 +59,17 @@ class CosFaceLoss(CosineClassifierLoss):
     def margin_logits(self, cosine: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """``s (cos rho_j - m [j == y])``."""
         return cosface_logits(cosine, labels, self.scale, self.margin)
+
+
+def reference_cosface(x: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, scale: float = 64.0,
+                      margin: float = 0.35) -> torch.Tensor:
+    """Loop reference of :class:`CosFaceLoss`: per-row losses, one row at a time (``-1`` rows give 0)."""
+    per = []
+    for i, y in enumerate(labels.tolist()):
+        if y < 0:
+            per.append(x.new_zeros(()))
+            continue
+        cos = weight @ x[i] / (weight.norm(dim=1) * x[i].norm())
+        logits = scale * torch.cat([cos[:y], (cos[y] - margin)[None], cos[y + 1:]])
+        per.append(torch.logsumexp(logits, 0) - logits[y])
+    return torch.stack(per) if per else x.new_zeros(0)

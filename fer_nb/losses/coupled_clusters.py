@@ -30,42 +30,12 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from fer_nb.losses.n_plus_one_tuple import group_queries
-from fer_nb.losses.triplet import check_batch, check_reduction, pairwise_distance, working_dtype
+from fer_nb.losses.common import check_batch, check_reduction, reduce_clusters, working_rows
+from fer_nb.losses.distances import pairwise_sq_distances
+from fer_nb.losses.masks import cluster_masks, masked_mean, masked_min, reference_clusters
 
-
-def cluster_masks(labels: torch.Tensor, groups: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Boolean ``(G, B)`` masks (positives, negatives) of each cluster; see the module docstring."""
-    valid = labels >= 0
-    if groups is None:
-        classes = torch.unique(labels[valid])
-        pos = labels[None, :] == classes[:, None]
-        neg = valid[None, :] & ~pos
-        return pos, neg
-    if groups.shape != labels.shape:
-        raise ValueError(f"groups must have the shape of labels {tuple(labels.shape)}, got {tuple(groups.shape)}")
-    inverse, first = group_queries(groups)
-    member = inverse[None, :] == torch.arange(len(first), device=labels.device)[:, None]
-    qlab = labels[first]
-    pos = member & (labels[None, :] == qlab[:, None]) & (qlab[:, None] >= 0)
-    neg = member & (labels[None, :] != qlab[:, None]) & valid[None, :] & (qlab[:, None] >= 0)
-    return pos, neg
-
-
-def masked_mean(mask: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """``(G, d)`` mean of the rows of ``x`` selected by each row of ``mask`` (0 for an empty row)."""
-    w = mask.to(x.dtype)
-    return (w @ x) / w.sum(1, keepdim=True).clamp_min(1.0)
-
-
-def reduce_clusters(per: torch.Tensor, keep: torch.Tensor, reduction: str, anchor: torch.Tensor) -> torch.Tensor:
-    """Reduce per-cluster values over the clusters in ``keep`` (no cluster -> 0 with the graph kept)."""
-    if reduction == "none":
-        return per[keep]
-    if not bool(keep.any()):
-        return anchor.sum() * 0.0
-    total = per[keep].sum()
-    return total if reduction == "sum" else total / keep.sum()
+__all__ = ["CoupledClustersLoss", "cluster_masks", "masked_mean", "reduce_clusters", "reference_clusters",
+           "reference_coupled_clusters"]
 
 
 class CoupledClustersLoss(nn.Module):
@@ -86,15 +56,31 @@ class CoupledClustersLoss(nn.Module):
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor, groups: torch.Tensor | None = None) -> torch.Tensor:
         check_batch(embeddings, labels, "CoupledClustersLoss")
+        with torch.autocast(embeddings.device.type, enabled=False):
+            return self.compute(working_rows(embeddings, labels >= 0), labels, groups)
+
+    def compute(self, x: torch.Tensor, labels: torch.Tensor, groups: torch.Tensor | None = None) -> torch.Tensor:
+        """``1/M sum_i 1/2 max(0, ||f_i+ - c+||^2 + alpha - ||f*- - c+||^2)`` per cluster, reduced."""
         pos, neg = cluster_masks(labels, groups)
-        with torch.autocast(device_type=embeddings.device.type, enabled=False):
-            x = embeddings.to(working_dtype(embeddings))
-            c = masked_mean(pos, x)                          # (G, d) positive centres
-            d = pairwise_distance(c, x, 2)                   # (G, B) squared distances to the centre
-            d_neg = d.masked_fill(~neg, float("inf")).amin(1)  # nearest negative f*-
-            has_neg = neg.any(1)
-            d_neg = torch.where(has_neg, d_neg, torch.zeros_like(d_neg))
-            hinge = 0.5 * F.relu(d + self.margin - d_neg[:, None])
-            hinge = hinge * (pos & has_neg[:, None]).to(x.dtype)
-            per = hinge.sum(1) / pos.sum(1).clamp_min(1).to(x.dtype)
-            return reduce_clusters(per, pos.any(1), self.reduction, x)
+        c = masked_mean(pos, x)                          # (G, d) positive centres
+        d = pairwise_sq_distances(c, x)                  # (G, B) squared distances to the centre
+        has_neg = neg.any(1)
+        d_neg = torch.where(has_neg, masked_min(d, neg), torch.zeros((), dtype=d.dtype, device=d.device))  # f*-
+        hinge = 0.5 * F.relu(d + self.margin - d_neg[:, None])
+        hinge = torch.where(pos & has_neg[:, None], hinge, torch.zeros((), dtype=d.dtype, device=d.device))
+        per = hinge.sum(1) / pos.sum(1).clamp_min(1).to(x.dtype)
+        return reduce_clusters(per, pos.any(1), self.reduction)
+
+
+def reference_coupled_clusters(x: torch.Tensor, labels: torch.Tensor, margin: float = 1.0,
+                               groups: torch.Tensor | None = None) -> torch.Tensor:
+    """Loop reference of :class:`CoupledClustersLoss` (mean over clusters), one cluster at a time."""
+    vals = []
+    for pos, neg in reference_clusters(labels, groups):
+        c = x[pos].mean(0)
+        if not neg:
+            vals.append(x.new_zeros(()))
+            continue
+        d_neg = min((x[j] - c).pow(2).sum() for j in neg)
+        vals.append(sum(0.5 * F.relu((x[i] - c).pow(2).sum() + margin - d_neg) for i in pos) / len(pos))
+    return torch.stack(vals).mean() if vals else x.new_zeros(())

@@ -17,6 +17,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from fer_nb.losses.common import check_indicator, working_dtype
+
 
 class FisherIPMLoss(nn.Module):
     """``-L_F`` of FisherGAN for strong (label 1) vs weak (label 0) features; ``reduction`` is the mean.
@@ -28,7 +30,7 @@ class FisherIPMLoss(nn.Module):
     def __init__(self, rho: float = 1e-6):
         super().__init__()
         if rho < 0:
-            raise ValueError(f"rho must be >= 0, got {rho}")
+            raise ValueError(f"FisherIPMLoss: rho must be >= 0, got {rho}")
         self.rho = rho
         self.register_buffer("lagrange", torch.zeros(()))
         self.last_constraint = torch.zeros(())
@@ -39,14 +41,14 @@ class FisherIPMLoss(nn.Module):
             return embeddings
         if embeddings.ndim == 2:
             return embeddings.mean(1)
-        raise ValueError(f"embeddings must be (B,) or (B, d), got shape {tuple(embeddings.shape)}")
+        raise ValueError(f"FisherIPMLoss: embeddings must be (B,) or (B, d), got shape {tuple(embeddings.shape)}")
 
     def ipm_terms(self, embeddings: torch.Tensor, labels: torch.Tensor):
+        """``(E_P f, E_Q f, Omega)`` of the critic values; an empty group's expectations are 0."""
         f = self.critic_value(embeddings)
-        f = f.double() if f.dtype == torch.float64 else f.float()
-        if labels.shape != f.shape:
-            raise ValueError(f"labels must be a (B,) strong/weak indicator, got {tuple(labels.shape)}")
-        p = labels.to(f.device).bool().to(f.dtype)
+        strong = check_indicator(labels, f.shape[0], "FisherIPMLoss").to(f.device)
+        f = f.to(working_dtype(f))
+        p = strong.to(f.dtype)
         q = 1 - p
         n_p, n_q = p.sum().clamp_min(1), q.sum().clamp_min(1)
         e_p, e_q = (f * p).sum() / n_p, (f * q).sum() / n_q
@@ -54,7 +56,11 @@ class FisherIPMLoss(nn.Module):
         return e_p, e_q, 0.5 * (e_p2 + e_q2)
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        e_p, e_q, omega = self.ipm_terms(embeddings, labels)
+        with torch.autocast(embeddings.device.type, enabled=False):
+            return self.compute(*self.ipm_terms(embeddings, labels))
+
+    def compute(self, e_p: torch.Tensor, e_q: torch.Tensor, omega: torch.Tensor) -> torch.Tensor:
+        """``-L_F = -(E_P f - E_Q f + lambda (1 - Omega) - rho/2 (1 - Omega)^2)`` (FisherGAN)."""
         constraint = 1 - omega
         self.last_constraint = constraint.detach()
         lam = self.lagrange.to(e_p.dtype)

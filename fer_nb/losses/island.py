@@ -63,13 +63,24 @@ class IslandLoss(CenterLoss):
             (grad,) = torch.autograd.grad(pairwise_cos_penalty(c), c)
         return self.lambda1 * grad
 
-    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        with torch.autocast(embeddings.device.type, enabled=False):
-            island = self.island_term()
-        # CenterLoss.forward computes the center term and (moving mode) updates the centres with
-        # the island gradient added; the island value above is from the centres before the update.
-        center = super().forward(embeddings, labels)
-        return center + self.lambda1 * island.to(center.dtype)
+    def compute(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Center term (Eq. 1) + ``lambda1`` x island term of the centres.
+
+        :meth:`CenterLoss.forward` calls this before the moving update, so the island value is the
+        one of the centres before this batch's update (whose step includes the island gradient).
+        """
+        return super().compute(x, labels) + self.lambda1 * self.island_term().to(x.dtype)
 
 
-__all__ = ["IslandLoss", "pairwise_cos_penalty"]
+def reference_island_term(centers: torch.Tensor) -> torch.Tensor:
+    """Loop reference of :func:`pairwise_cos_penalty`: ``sum_{j != k} (cos(c_j, c_k) + 1)`` pair by pair."""
+    total = centers.new_zeros(())
+    for j in range(len(centers)):
+        for k in range(len(centers)):
+            if j != k:
+                cos = centers[j] @ centers[k] / (centers[j].norm() * centers[k].norm())
+                total = total + cos + 1.0
+    return total
+
+
+__all__ = ["IslandLoss", "pairwise_cos_penalty", "reference_island_term"]

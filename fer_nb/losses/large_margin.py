@@ -35,13 +35,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from fer_nb.losses.center import (check_centroid_options, check_inputs, init_centroids, moving_centroid_update,
-                                  reduce, working_dtype)
+from fer_nb.losses.centroids import check_centroid_options, init_centroids, moving_centroid_update
+from fer_nb.losses.common import check_inputs, reduce, working_dtype, working_rows
+from fer_nb.losses.distances import normalise, pairwise_sq_distances
 
-
-def normalise(v: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
-    """``v / max(||v||, eps)`` row-wise (a zero row stays zero, with a finite gradient)."""
-    return v / v.norm(dim=-1, keepdim=True).clamp_min(eps)
+__all__ = ["LargeMarginLoss", "normalise", "reference_large_margin"]
 
 
 class LargeMarginLoss(nn.Module):
@@ -66,8 +64,8 @@ class LargeMarginLoss(nn.Module):
         if num_classes < 2:
             raise ValueError(f"LargeMarginLoss needs num_classes >= 2 (Eq. 3 divides by C - 1), got {num_classes}")
         if embedding_dim < 1:
-            raise ValueError(f"embedding_dim must be >= 1, got {embedding_dim}")
-        check_centroid_options(reduction, update, alpha)
+            raise ValueError(f"LargeMarginLoss: embedding_dim must be >= 1, got {embedding_dim}")
+        check_centroid_options(reduction, update, alpha, type(self).__name__)
         self.num_classes, self.embedding_dim = int(num_classes), int(embedding_dim)
         self.reduction, self.update, self.alpha, self.squared, self.eps = reduction, update, alpha, squared, eps
         init_centroids(self, num_classes, embedding_dim, update)
@@ -86,7 +84,7 @@ class LargeMarginLoss(nn.Module):
         dt = working_dtype(embeddings)
         x_hat = normalise(embeddings.to(dt), self.eps)
         c_hat = normalise(self.centers.to(dt), self.eps)
-        d2 = (x_hat[:, None, :] - c_hat[None, :, :]).pow(2).sum(-1)
+        d2 = pairwise_sq_distances(x_hat, c_hat)
         return d2 if self.squared else d2.clamp_min(self.eps).sqrt()
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor,
@@ -96,12 +94,38 @@ class LargeMarginLoss(nn.Module):
         if pseudo_labels is not None:
             check_inputs(embeddings, pseudo_labels, self.num_classes, self.embedding_dim, f"{name} (pseudo_labels)")
             labels = torch.where(labels >= 0, labels, pseudo_labels.to(labels.dtype))
-        valid = labels >= 0
         with torch.autocast(embeddings.device.type, enabled=False):
-            d = self.distance_matrix(embeddings)
-            own = d.gather(1, labels.clamp_min(0)[:, None]).squeeze(1)
-            others = (d.sum(1) - own) / (self.num_classes - 1)
-            loss = reduce(own - others, valid, self.reduction)
+            loss = self.compute(working_rows(embeddings, labels >= 0), labels)
         if self.update == "moving" and self.training:
-            moving_centroid_update(self.centers, self.seen, embeddings, labels, self.alpha)
+            moving_centroid_update(self.centers, self.seen, embeddings, labels, self.alpha, name=name)
         return loss
+
+    def compute(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Eq. 3: ``||x_hat_i - c_hat_y|| - 1/(C-1) sum_{k != y} ||x_hat_i - c_hat_k||``, reduced."""
+        d = self.distance_matrix(x)
+        own = d.gather(1, labels.clamp_min(0)[:, None]).squeeze(1)
+        others = (d.sum(1) - own) / (self.num_classes - 1)
+        return reduce(own - others, labels >= 0, self.reduction)
+
+
+def reference_large_margin(x: torch.Tensor, labels: torch.Tensor, centers: torch.Tensor, squared: bool = False,
+                           reduction: str = "mean") -> torch.Tensor:
+    """Loop reference of :class:`LargeMarginLoss` (Eq. 3), one labelled row and one class at a time."""
+    y = labels.tolist()
+    C = len(centers)
+    per = []
+    for i in range(len(y)):
+        if y[i] < 0:
+            per.append(x.new_zeros(()))
+            continue
+        xh = x[i] / x[i].norm()
+        d = []
+        for k in range(C):
+            d2 = (xh - centers[k] / centers[k].norm()).pow(2).sum()
+            d.append(d2 if squared else d2.sqrt())
+        per.append(d[y[i]] - sum(d[k] for k in range(C) if k != y[i]) / (C - 1))
+    per = torch.stack(per) if per else x.new_zeros(0)
+    if reduction == "none":
+        return per
+    n = sum(v >= 0 for v in y)
+    return per.sum() if reduction == "sum" else per.sum() / max(n, 1)

@@ -35,30 +35,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from fer_nb.losses.center import REDUCTIONS, working_dtype
-from fer_nb.losses.large_margin import normalise
+from fer_nb.losses.common import check_reduction, reduce, working_dtype
+from fer_nb.losses.distances import DISTANCES, normalise, pairwise_sq_distances
 
-DISTANCES = ("euclidean", "cosine", "rbf")
-
-
-def pairwise_sq_distances(a: torch.Tensor, b: torch.Tensor, distance: str = "euclidean",
-                          gamma: float = 1.0) -> torch.Tensor:
-    """Generalised squared distances ``(len(a), len(b))``.
-
-    ``euclidean``: ``||a - b||^2``; ``cosine``: ``2 - 2 cos(a, b)`` (= squared distance of the
-    normalised vectors); ``rbf``: ``2 - 2 exp(-gamma ||a - b||^2)``, the squared distance induced
-    by the Gaussian kernel in its feature space.
-    """
-    if distance not in DISTANCES:
-        raise ValueError(f"distance must be one of {DISTANCES}, got {distance!r}")
-    if distance == "cosine":
-        a, b = normalise(a), normalise(b)
-    # Difference form (not the |a|^2 + |b|^2 - 2ab expansion): exact zeros on the diagonal, and a
-    # gradient that stays finite for coincident points.
-    d2 = (a[:, None, :] - b[None, :, :]).pow(2).sum(-1)
-    if distance == "rbf":
-        return 2.0 - 2.0 * torch.exp(-gamma * d2)
-    return d2
+__all__ = ["DISTANCES", "MarginMixLoss", "centroid_sq_distances", "eq11_gradient", "pairwise_sq_distances",
+           "reference_margin_mix", "reference_kernel_centroid_sq_distances"]
 
 
 def centroid_sq_distances(A: torch.Tensor, memberships: torch.Tensor) -> torch.Tensor:
@@ -81,17 +62,28 @@ def centroid_sq_distances(A: torch.Tensor, memberships: torch.Tensor) -> torch.T
     return (AS - self_term).clamp_min(0.0)
 
 
-def _targets(labels: torch.Tensor, num_classes: int, dtype: torch.dtype) -> torch.Tensor:
-    """Hard ids (``-1`` = ignored row) or soft ``(N, C)`` targets -> ``(N, C)`` float targets."""
+def _targets(labels: torch.Tensor, num_classes: int, dtype: torch.dtype, name: str = "MarginMixLoss") -> torch.Tensor:
+    """Hard ids (``-1`` = ignored row) or soft ``(N, C)`` targets -> ``(N, C)`` float targets (checked)."""
     if labels.ndim == 1:
-        if labels.dtype.is_floating_point:
-            raise TypeError("labels as a 1-d tensor must be integer class ids (or pass soft targets (N, C))")
+        if labels.dtype.is_floating_point or labels.dtype == torch.bool:
+            raise TypeError(f"{name}: labels as a 1-d tensor must be integer class ids (use labels.long()), "
+                            f"got {labels.dtype}; or pass soft targets (N, {num_classes})")
+        if labels.numel() and (bool((labels < -1).any()) or bool((labels >= num_classes).any())):
+            raise ValueError(f"{name}: class ids must lie in [-1, {num_classes - 1}] (-1 = unlabelled, ignored); "
+                             f"got min {int(labels.min())}, max {int(labels.max())}; build the loss with "
+                             f"num_classes={max(int(labels.max()) + 1, num_classes)} or fix the labels")
         valid = labels >= 0
         t = torch.nn.functional.one_hot(labels.clamp_min(0), num_classes).to(dtype)
         return t * valid[:, None].to(dtype)
     if labels.ndim == 2 and labels.shape[1] == num_classes:
+        if not labels.dtype.is_floating_point:
+            raise TypeError(f"{name}: soft targets (N, {num_classes}) must be floating point, got {labels.dtype}")
+        if labels.numel() and not bool(((labels >= 0) & torch.isfinite(labels)).all()):
+            raise ValueError(f"{name}: soft targets must be finite and >= 0 (a distribution per row, all-zero = "
+                             f"ignored row); got min {float(labels.min())}")
         return labels.to(dtype)
-    raise ValueError(f"labels must be (N,) class ids or (N, {num_classes}) soft targets, got {tuple(labels.shape)}")
+    raise ValueError(f"{name}: labels must be (N,) class ids or (N, {num_classes}) soft targets, "
+                     f"got {tuple(labels.shape)}")
 
 
 class MarginMixLoss(nn.Module):
@@ -127,9 +119,8 @@ class MarginMixLoss(nn.Module):
         if num_classes < 2:
             raise ValueError(f"MarginMixLoss needs num_classes >= 2 (Eq. 3 divides by C - 1), got {num_classes}")
         if distance not in DISTANCES:
-            raise ValueError(f"distance must be one of {DISTANCES}, got {distance!r}")
-        if reduction not in REDUCTIONS:
-            raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+            raise ValueError(f"MarginMixLoss: distance must be one of {DISTANCES}, got {distance!r}")
+        check_reduction(reduction, "MarginMixLoss")
         self.num_classes, self.distance, self.normalize = int(num_classes), distance, normalize
         self.normalize_centroids, self.squared, self.gamma = normalize_centroids, squared, float(gamma)
         self.reduction, self.eps = reduction, eps
@@ -148,7 +139,7 @@ class MarginMixLoss(nn.Module):
             e = normalise(e, self.eps)
         if centroids is not None:
             if centroids.ndim != 2 or centroids.shape != (self.num_classes, e.shape[1]):
-                raise ValueError(f"centroids must be ({self.num_classes}, {e.shape[1]}), got {tuple(centroids.shape)}")
+                raise ValueError(f"MarginMixLoss: centroids must be ({self.num_classes}, {e.shape[1]}), got {tuple(centroids.shape)}")
             c = centroids.to(dt)
             if self.normalize_centroids:
                 c = normalise(c, self.eps)
@@ -157,37 +148,108 @@ class MarginMixLoss(nn.Module):
                        else class_mask.to(device=e.device, dtype=torch.bool))
         else:
             if memberships is None:
-                raise ValueError("without explicit centroids pass memberships (or soft/hard labels) for Eq. 4-5")
-            A = pairwise_sq_distances(e, e, self.distance, self.gamma)
+                raise ValueError("MarginMixLoss: without explicit centroids pass memberships (or soft/hard labels) for Eq. 4-5")
+            A = pairwise_sq_distances(e, None, self.distance, self.gamma)   # a_ii = 0 exactly
             d2 = centroid_sq_distances(A, memberships.to(dt))
             present = memberships.sum(0) > 0
         return d2, present
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor, centroids: torch.Tensor | None = None,
                 memberships: torch.Tensor | None = None, class_mask: torch.Tensor | None = None) -> torch.Tensor:
+        name = type(self).__name__
         if embeddings.ndim != 2:
-            raise ValueError(f"embeddings must be (batch, dim), got {tuple(embeddings.shape)}")
-        if labels.shape[0] != embeddings.shape[0]:
-            raise ValueError(f"labels ({labels.shape[0]} rows) and embeddings ({embeddings.shape[0]}) differ in length")
+            raise ValueError(f"{name}: embeddings must be (batch, dim), got {tuple(embeddings.shape)}; "
+                             f"flatten them with embeddings.flatten(1)")
+        if labels.ndim == 0 or labels.shape[0] != embeddings.shape[0]:
+            raise ValueError(f"{name}: labels ({tuple(labels.shape)}) and embeddings ({embeddings.shape[0]} rows) "
+                             f"differ in length")
+        if memberships is not None and memberships.shape != (embeddings.shape[0], self.num_classes):
+            raise ValueError(f"{name}: memberships must be ({embeddings.shape[0]}, {self.num_classes}), "
+                             f"got {tuple(memberships.shape)}")
+        if class_mask is not None and class_mask.shape != (self.num_classes,):
+            raise ValueError(f"{name}: class_mask must be ({self.num_classes},) bool, got {tuple(class_mask.shape)}")
         with torch.autocast(embeddings.device.type, enabled=False):
             dt = working_dtype(embeddings)
-            t = _targets(labels, self.num_classes, dt)
+            t = _targets(labels, self.num_classes, dt, name)
             if centroids is None and memberships is None:
                 memberships = t
-            d2, present = self.distance_matrix(embeddings, centroids, memberships, class_mask)
-            d = d2 if self.squared else d2.clamp_min(self.eps).sqrt()
-            pres = present.to(dt)
-            t = t * pres  # targets on absent classes carry no centroid
-            tsum = t.sum(1)
-            valid = tsum > 0
-            own = (t * d).sum(1) / tsum.clamp_min(torch.finfo(dt).tiny)               # sum_c t_ic D_ic
-            n_other = (pres.sum() - 1.0).clamp_min(1.0)
-            others = ((d * pres).sum(1) - own) / n_other                             # mean_{j != c} D_ij
-            per = (own - others) * valid.to(dt)
-            if self.reduction == "none":
-                return per
-            total = per.sum()
-            return total if self.reduction == "sum" else total / valid.sum().clamp_min(1).to(dt)
+            used = t.sum(1) > 0                    # rows that reach the loss: a target, or a batch-centroid weight
+            if centroids is None:
+                memberships = memberships.to(dt)
+                used = used | (memberships.sum(1) > 0)
+            e = torch.where(used[:, None], embeddings.to(dt), torch.zeros((), dtype=dt, device=embeddings.device))
+            return self.compute(e, t, centroids, memberships, class_mask)
+
+    def compute(self, e: torch.Tensor, t: torch.Tensor, centroids: torch.Tensor | None = None,
+                memberships: torch.Tensor | None = None, class_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Eq. 3 with soft targets ``t`` ``(N, C)``: ``sum_c t_ic [D_ic - 1/(C'-1) sum_{j != c} D_ij]`` per row
+        (``C'`` = the classes with a centroid), over the rows with a target, reduced."""
+        d2, present = self.distance_matrix(e, centroids, memberships, class_mask)
+        d = d2 if self.squared else d2.clamp_min(self.eps).sqrt()
+        pres = present.to(e.dtype)
+        t = t * pres  # targets on absent classes carry no centroid
+        tsum = t.sum(1)
+        own = (t * d).sum(1) / tsum.clamp_min(torch.finfo(e.dtype).tiny)               # sum_c t_ic D_ic
+        n_other = (pres.sum() - 1.0).clamp_min(1.0)
+        others = ((d * pres).sum(1) - own) / n_other                                  # mean_{j != c} D_ij
+        return reduce(own - others, tsum > 0, self.reduction)
+
+
+def reference_kernel_centroid_sq_distances(e: torch.Tensor, memberships: torch.Tensor, distance: str = "euclidean",
+                                           gamma: float = 1.0) -> torch.Tensor:
+    """Loop reference of Eq. 4-5 written with the kernel itself, not with ``A``: for each point ``i``
+    and class ``c`` (``mu`` normalised to weights ``s_j``)
+
+    ``||phi(e_i) - sum_j s_j phi(e_j)||^2 = k(e_i, e_i) - 2 sum_j s_j k(e_i, e_j) + sum_jl s_j s_l k(e_j, e_l)``
+
+    with ``k`` the Euclidean dot product, the cosine (dot product of the normalised vectors) or the
+    Gaussian kernel ``exp(-gamma ||a - b||^2)`` (``distance`` ``"euclidean"``, ``"cosine"``, ``"rbf"``).
+    """
+    def k(a, b):
+        if distance == "rbf":
+            return torch.exp(-gamma * (a - b).pow(2).sum())
+        if distance == "cosine":
+            return a @ b / (a.norm() * b.norm())
+        return a @ b
+
+    n, C = memberships.shape
+    out = e.new_zeros(n, C)
+    for c in range(C):
+        m = memberships[:, c].sum()
+        if float(m) == 0:
+            continue
+        s = memberships[:, c] / m
+        self_term = sum(s[j] * s[l] * k(e[j], e[l]) for j in range(n) for l in range(n))
+        for i in range(n):
+            out[i, c] = k(e[i], e[i]) - 2 * sum(s[j] * k(e[i], e[j]) for j in range(n)) + self_term
+    return out
+
+
+def reference_margin_mix(e: torch.Tensor, t: torch.Tensor, centroids: torch.Tensor, squared: bool = True,
+                         normalize_centroids: bool = False, present: list[int] | None = None) -> torch.Tensor:
+    """Loop reference of :class:`MarginMixLoss` with explicit centroids (Eq. 3, soft targets, mean over
+    the rows with a target), term by term; ``present``: the classes with a centroid (default all)."""
+    n, C = t.shape
+    classes = list(range(C)) if present is None else list(present)
+    total, count = e.new_zeros(()), 0
+    for i in range(n):
+        weight = sum(float(t[i, k]) for k in classes)
+        if weight == 0:
+            continue
+        ei = e[i] / e[i].norm()
+
+        def dist(k):
+            ck = centroids[k] / centroids[k].norm() if normalize_centroids else centroids[k]
+            d2 = (ei - ck).pow(2).sum()
+            return d2 if squared else d2.sqrt()
+
+        li = e.new_zeros(())
+        for k in classes:
+            others = sum(dist(j) for j in classes if j != k)
+            li = li + t[i, k] / weight * (dist(k) - others / max(len(classes) - 1, 1))
+        total = total + li
+        count += 1
+    return total / max(count, 1)
 
 
 def eq11_gradient(embeddings: torch.Tensor, labels: torch.Tensor, centroids: torch.Tensor,

@@ -17,12 +17,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from fer_nb.losses.common import check_indicator, working_dtype
+from fer_nb.losses.distances import pairwise_sq_distances
+
 KINDS = ("gramnet", "mmd")
 
 
 def _gaussian_gram(a: torch.Tensor, b: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-    d2 = (a[:, None, :] - b[None, :, :]).pow(2).sum(-1)
-    return torch.exp(-d2 / (2 * sigma**2))
+    return torch.exp(-pairwise_sq_distances(a, b) / (2 * sigma**2))
 
 
 class MMDCriticLoss(nn.Module):
@@ -31,17 +33,18 @@ class MMDCriticLoss(nn.Module):
     def __init__(self, kind: str = "gramnet", bandwidth: float | None = None, lam: float = 1e-2):
         super().__init__()
         if kind not in KINDS:
-            raise ValueError(f"unknown kind {kind!r}; use one of {KINDS}")
+            raise ValueError(f"MMDCriticLoss: unknown kind {kind!r}; use one of {KINDS}")
         self.kind, self.bandwidth, self.lam = kind, bandwidth, lam
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        z = embeddings
-        if z.ndim != 2:
-            raise ValueError(f"embeddings must be (B, d), got shape {tuple(z.shape)}")
-        if labels.shape != (z.shape[0],):
-            raise ValueError(f"labels must be a (B,) strong/weak indicator, got {tuple(labels.shape)}")
-        z = z.double() if z.dtype == torch.float64 else z.float()
-        strong = labels.to(z.device).bool()
+        if embeddings.ndim != 2:
+            raise ValueError(f"MMDCriticLoss: embeddings must be (B, d), got shape {tuple(embeddings.shape)}")
+        strong = check_indicator(labels, embeddings.shape[0], "MMDCriticLoss").to(embeddings.device)
+        with torch.autocast(embeddings.device.type, enabled=False):
+            return self.compute(embeddings.to(working_dtype(embeddings)), strong)
+
+    def compute(self, z: torch.Tensor, strong: torch.Tensor) -> torch.Tensor:
+        """``-PD`` (GramNet's Pearson divergence of the kernel ratio estimate) or ``-MMD^2``."""
         zp, zq = z[strong], z[~strong]
         if zp.shape[0] == 0 or zq.shape[0] == 0:
             return z.sum() * 0.0  # one group only: no divergence to estimate

@@ -35,17 +35,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from fer_nb.losses.triplet import (check_batch, check_reduction, pairwise_distance, positive_negative_masks,
-                                   reduce_values, working_dtype)
+from fer_nb.losses.common import check_batch, check_reduction, reduce_values, working_rows
+from fer_nb.losses.distances import pairwise_distances
+from fer_nb.losses.masks import group_queries, positive_negative_masks, reference_anchor_pairs
 
-
-def group_queries(groups: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(unique group ids, index of each group's first row)``; vectorised."""
-    uniq, inverse = torch.unique(groups, return_inverse=True)
-    idx = torch.arange(len(groups), device=groups.device)
-    first = torch.full((len(uniq),), len(groups), dtype=torch.long, device=groups.device)
-    first = first.scatter_reduce(0, inverse, idx, reduce="amin")
-    return inverse, first
+__all__ = ["NPlusOneTupleLoss", "group_queries", "reference_n_plus_one"]
 
 
 class NPlusOneTupleLoss(nn.Module):
@@ -91,6 +85,7 @@ class NPlusOneTupleLoss(nn.Module):
         check_batch(embeddings, labels, "NPlusOneTupleLoss")
         b = len(labels)
         valid = labels >= 0
+        explicit = pairs is not None   # user tuples: they must not use an ignored row
         if groups is not None:
             if pairs is not None:
                 raise ValueError("NPlusOneTupleLoss: pass either groups or pairs, not both")
@@ -99,25 +94,41 @@ class NPlusOneTupleLoss(nn.Module):
             pairs = positive_negative_masks(labels)[0].nonzero()
         elif pairs.ndim != 2 or pairs.shape[1] != 2:
             raise ValueError(f"NPlusOneTupleLoss: pairs must be (P, 2) (query, positive) rows, got {tuple(pairs.shape)}")
-        per_query_negatives = negative_mask is None   # negatives depend on the query only
-        if per_query_negatives:
-            other = (labels[:, None] != labels[None, :]) & valid[None, :]   # row q: the negatives of query q
-        elif negative_mask.shape != (len(pairs), b):
+        if negative_mask is not None and negative_mask.shape != (len(pairs), b):
             raise ValueError(f"NPlusOneTupleLoss: negative_mask must be (P, B) = ({len(pairs)}, {b}), "
                              f"got {tuple(negative_mask.shape)}")
-        with torch.autocast(device_type=embeddings.device.type, enabled=False):
-            x = embeddings.to(working_dtype(embeddings))
-            d = pairwise_distance(x, x, self.power)  # (B, B) once; each tuple indexes it
-            d_qp = d[pairs[:, 0], pairs[:, 1]]
-            if per_query_negatives:
-                # sum_j exp(d_qp + tau - d_qj) = exp(d_qp + tau) * sum_j exp(-d_qj): one logsumexp per
-                # query over its negatives, O(B^2) instead of a (P, B) tensor
-                lse = torch.logsumexp((-d).masked_fill(~other, float("-inf")), 1)   # (B,), -inf: no negative
-                per = torch.logaddexp(torch.zeros_like(d_qp), d_qp + self.margin + lse[pairs[:, 0]])
-                return reduce_values(per, self.reduction, x)
-            d_qn = d[pairs[:, 0]]  # (P, B)
-            z = d_qp[:, None] + self.margin - d_qn
-            z = z.masked_fill(~negative_mask, float("-inf"))
-            z = torch.cat([torch.zeros_like(z[:, :1]), z], 1)  # log(1 + sum exp) = logsumexp([0, z])
-            per = torch.logsumexp(z, 1)
-            return reduce_values(per, self.reduction, x)
+        if explicit and (not bool(valid[pairs.flatten()].all())
+                         or (negative_mask is not None and bool((negative_mask & ~valid[None, :]).any()))):
+            raise ValueError("NPlusOneTupleLoss: pairs or negative_mask use a row labelled -1 (ignored); "
+                             "drop it from the tuples or give the row a label")
+        with torch.autocast(embeddings.device.type, enabled=False):
+            return self.compute(working_rows(embeddings, valid), labels, pairs, negative_mask)
+
+    def compute(self, x: torch.Tensor, labels: torch.Tensor, pairs: torch.Tensor,
+                negative_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Eq. 1, ``log(1 + sum_j exp(D(f, f+) + tau - D(f, f_j-)))`` per (query, positive) pair, reduced.
+
+        ``negative_mask=None``: the negatives of a query are all labelled rows of another label.
+        """
+        d = pairwise_distances(x, None, self.power)  # (B, B) once; each tuple indexes it
+        d_qp = d[pairs[:, 0], pairs[:, 1]]
+        if negative_mask is None:
+            # sum_j exp(d_qp + tau - d_qj) = exp(d_qp + tau) * sum_j exp(-d_qj): one logsumexp per
+            # query over its negatives, O(B^2) instead of a (P, B) tensor
+            other = positive_negative_masks(labels)[1]                       # row q: the negatives of q
+            lse = torch.logsumexp((-d).masked_fill(~other, float("-inf")), 1)   # (B,), -inf: no negative
+            per = torch.logaddexp(torch.zeros_like(d_qp), d_qp + self.margin + lse[pairs[:, 0]])
+            return reduce_values(per, self.reduction)
+        z = d_qp[:, None] + self.margin - d[pairs[:, 0]]                      # (P, B)
+        z = z.masked_fill(~negative_mask, float("-inf"))
+        z = torch.cat([torch.zeros_like(z[:, :1]), z], 1)  # log(1 + sum exp) = logsumexp([0, z])
+        return reduce_values(torch.logsumexp(z, 1), self.reduction)
+
+
+def reference_n_plus_one(x: torch.Tensor, labels: torch.Tensor, margin: float = 0.0, power: int = 2) -> torch.Tensor:
+    """Loop reference of :class:`NPlusOneTupleLoss` (Eq. 1, mean over every (query, positive) pair)."""
+    vals = []
+    for _, _, d_qp, d_qn in reference_anchor_pairs(x, labels, power):    # every (query, positive) pair
+        z = d_qp + margin - d_qn        # log(1 + sum exp z) = logsumexp([0, z]): no overflow in float32
+        vals.append(torch.logsumexp(torch.cat([z.new_zeros(1), z]), 0))
+    return torch.stack(vals).mean() if vals else x.new_zeros(())

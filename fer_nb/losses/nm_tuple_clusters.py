@@ -78,8 +78,11 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from fer_nb.losses.coupled_clusters import cluster_masks, masked_mean, reduce_clusters
-from fer_nb.losses.triplet import check_batch, check_reduction, pairwise_distance, working_dtype
+from fer_nb.losses.common import check_batch, check_reduction, reduce_clusters, working_rows
+from fer_nb.losses.distances import pairwise_sq_distances
+from fer_nb.losses.masks import cluster_masks, masked_mean, masked_min, reference_clusters
+
+__all__ = ["FORMS", "NMTupleClustersLoss", "ReferenceDistance", "online_positive_mining", "reference_nm_tuple"]
 
 FORMS = ("metric", "eq8")
 
@@ -88,8 +91,8 @@ def online_positive_mining(pos: torch.Tensor, neg: torch.Tensor, x: torch.Tensor
     """Algorithm 1, steps 1-5: ``(G, B)`` mask of the kept positives ``M*`` (no gradient)."""
     with torch.no_grad():
         c0 = masked_mean(pos, x)
-        d0 = pairwise_distance(c0, x, 2)
-        nearest_neg = d0.masked_fill(~neg, float("inf")).amin(1, keepdim=True)
+        d0 = pairwise_sq_distances(c0, x)
+        nearest_neg = masked_min(d0, neg, keepdim=True)
         keep = pos & (d0 <= nearest_neg)
         empty = ~keep.any(1, keepdim=True)
         return torch.where(empty, pos, keep)
@@ -175,22 +178,60 @@ class NMTupleClustersLoss(nn.Module):
         return f"reference={self.reference}, tau={self.tau}, mining={self.mining}, reduction={self.reduction!r}"
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor, groups: torch.Tensor | None = None) -> torch.Tensor:
+        """The loss of the batch; an empty batch (or one without a labelled row) gives an exact 0."""
         check_batch(embeddings, labels, "NMTupleClustersLoss")
+        with torch.autocast(embeddings.device.type, enabled=False):
+            return self.compute(working_rows(embeddings, labels >= 0), labels, groups)
+
+    def compute(self, x: torch.Tensor, labels: torch.Tensor, groups: torch.Tensor | None = None) -> torch.Tensor:
+        """Algorithm 1, then Eq. 3 (fixed ``T``) or Eq. 10 (learned ``H``) per cluster, reduced."""
         pos, neg = cluster_masks(labels, groups)
-        with torch.autocast(device_type=embeddings.device.type, enabled=False):
-            x = embeddings.to(working_dtype(embeddings))
-            keep = online_positive_mining(pos, neg, x) if self.mining else pos
-            c = masked_mean(keep, x)                                   # Algorithm 1, step 6
-            wk, wn = keep.to(x.dtype), neg.to(x.dtype)
-            if not self.adaptive:                                      # Eq. 3
-                d = pairwise_distance(c, x, 2)
-                half = self.tau / 2
-                pos_term = (F.relu(d - self.reference + half) * wk).sum(1) / wk.sum(1).clamp_min(1)
-                neg_term = (F.relu(self.reference + half - d) * wn).sum(1) / wn.sum(1).clamp_min(1)
-                per = pos_term + neg_term
-            else:                                                      # Eq. 10
-                h = self.H(x, c)
-                label = wn - wk                                        # l = -1 positives, +1 negatives
-                hinge = F.relu(label * h + 1.0) * (wk + wn)
-                per = hinge.sum(1) / (wk + wn).sum(1).clamp_min(1)
-            return reduce_clusters(per, pos.any(1), self.reduction, x)
+        keep = online_positive_mining(pos, neg, x) if self.mining else pos
+        c = masked_mean(keep, x)                                   # Algorithm 1, step 6
+        wk, wn = keep.to(x.dtype), neg.to(x.dtype)
+        if not self.adaptive:                                      # Eq. 3
+            d = pairwise_sq_distances(c, x)
+            half = self.tau / 2
+            pos_term = (F.relu(d - self.reference + half) * wk).sum(1) / wk.sum(1).clamp_min(1)
+            neg_term = (F.relu(self.reference + half - d) * wn).sum(1) / wn.sum(1).clamp_min(1)
+            per = pos_term + neg_term
+        else:                                                      # Eq. 10
+            h = self.H(x, c)
+            label = wn - wk                                        # l = -1 positives, +1 negatives
+            hinge = F.relu(label * h + 1.0) * (wk + wn)
+            per = hinge.sum(1) / (wk + wn).sum(1).clamp_min(1)
+        return reduce_clusters(per, pos.any(1), self.reduction)
+
+
+def reference_nm_tuple(x: torch.Tensor, labels: torch.Tensor, reference: float = 2.0, tau: float = 2.0,
+                       groups: torch.Tensor | None = None, mining: bool = True,
+                       matrices: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+    """Loop reference of :class:`NMTupleClustersLoss` (mean over clusters), one row at a time.
+
+    Algorithm 1 (mining), then Eq. 3 with ``T = reference``, or, with ``matrices`` (``A, B, c, b``
+    of :meth:`ReferenceDistance.matrices`), Eq. 10 with the explicit quadratic form of Eq. 7.
+    """
+    def d2(i, c):
+        return (x[i] - c).pow(2).sum()
+
+    vals = []
+    for pos, neg in reference_clusters(labels, groups):
+        kept = pos
+        if mining and neg:
+            c0 = x[pos].mean(0)
+            nearest = min(d2(j, c0) for j in neg)
+            kept = [i for i in pos if d2(i, c0) <= nearest] or pos
+        c = x[kept].mean(0)
+        if matrices is None:                                                   # Eq. 3
+            lp = sum(F.relu(d2(i, c) - reference + tau / 2) for i in kept) / len(kept)
+            ln = sum(F.relu(reference + tau / 2 - d2(j, c)) for j in neg) / len(neg) if neg else 0.0
+            vals.append(lp + ln)
+            continue
+        A, B, cv, b = (matrices[k].to(x.dtype) for k in ("A", "B", "c", "b"))
+
+        def H(f1, f2):                                                         # Eq. 7
+            return 0.5 * f1 @ A @ f1 + 0.5 * f2 @ A @ f2 + f1 @ B @ f2 + cv @ (f1 + f2) + b
+
+        terms = [F.relu(1 - H(x[i], c)) for i in kept] + [F.relu(H(x[j], c) + 1) for j in neg]  # Eq. 10
+        vals.append(sum(terms) / len(terms))
+    return torch.stack([torch.as_tensor(v, dtype=x.dtype) for v in vals]).mean() if vals else x.new_zeros(())

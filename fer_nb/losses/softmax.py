@@ -27,7 +27,7 @@ import math
 import torch
 from torch import nn
 
-REDUCTIONS = ("mean", "sum", "none")
+from fer_nb.losses.common import check_inputs, check_reduction, reduce, working_dtype, working_rows
 
 
 class SoftmaxLoss(nn.Module):
@@ -46,9 +46,8 @@ class SoftmaxLoss(nn.Module):
     def __init__(self, num_classes: int, embedding_dim: int, reduction: str = "mean", *, bias: bool = True):
         super().__init__()
         if num_classes < 1 or embedding_dim < 1:
-            raise ValueError(f"num_classes and embedding_dim must be >= 1, got {num_classes}, {embedding_dim}")
-        if reduction not in REDUCTIONS:
-            raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+            raise ValueError(f"SoftmaxLoss: num_classes and embedding_dim must be >= 1, got {num_classes}, {embedding_dim}")
+        check_reduction(reduction, "SoftmaxLoss")
         self.num_classes, self.embedding_dim, self.reduction = int(num_classes), int(embedding_dim), reduction
         bound = 1.0 / math.sqrt(embedding_dim)  # nn.Linear's initialisation
         self.weight = nn.Parameter(torch.empty(num_classes, embedding_dim).uniform_(-bound, bound))
@@ -60,33 +59,38 @@ class SoftmaxLoss(nn.Module):
 
     def logits(self, embeddings: torch.Tensor) -> torch.Tensor:
         """``W x + b`` in float32/float64 (outside autocast)."""
-        dt = torch.float64 if embeddings.dtype == torch.float64 else torch.float32
+        dt = working_dtype(embeddings)
         with torch.autocast(embeddings.device.type, enabled=False):
             out = embeddings.to(dt) @ self.weight.to(dt).T
             return out + self.bias.to(dt) if self.bias is not None else out
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        name = type(self).__name__
-        if embeddings.ndim != 2 or embeddings.shape[1] != self.embedding_dim:
-            raise ValueError(f"{name}: embeddings must be (batch, {self.embedding_dim}), got "
-                             f"{tuple(embeddings.shape)}; build the loss with embedding_dim={embeddings.shape[-1]}")
-        if labels.ndim != 1 or labels.shape[0] != embeddings.shape[0]:
-            raise ValueError(f"{name}: labels must be (batch,) = ({embeddings.shape[0]},), got {tuple(labels.shape)}")
-        if labels.dtype.is_floating_point or labels.dtype == torch.bool:
-            raise TypeError(f"{name}: labels must be integer class ids (use labels.long()), got {labels.dtype}")
-        if labels.numel() and (bool((labels < -1).any()) or bool((labels >= self.num_classes).any())):
-            raise ValueError(f"{name}: labels must lie in [-1, {self.num_classes - 1}] (-1 = unlabelled, ignored); "
-                             f"got min {int(labels.min())}, max {int(labels.max())}")
-        z = self.logits(embeddings)
+        check_inputs(embeddings, labels, self.num_classes, self.embedding_dim, type(self).__name__)
         with torch.autocast(embeddings.device.type, enabled=False):
-            valid = labels >= 0
-            logp = torch.log_softmax(z, dim=1)
-            per = -logp.gather(1, labels.clamp_min(0)[:, None]).squeeze(1) * valid.to(z.dtype)
-            if self.reduction == "none":
-                return per
-            if self.reduction == "sum":
-                return per.sum()
-            return per.sum() / valid.sum().clamp_min(1).to(z.dtype)
+            return self.compute(working_rows(embeddings, labels >= 0), labels)
+
+    def compute(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """``-log softmax(W x + b)_y`` (Wen et al., Eq. 1) over the labelled rows, reduced."""
+        logp = torch.log_softmax(self.logits(x), dim=1)
+        per = -logp.gather(1, labels.clamp_min(0)[:, None]).squeeze(1)
+        return reduce(per, labels >= 0, self.reduction)
 
 
-__all__ = ["SoftmaxLoss"]
+def reference_softmax(x: torch.Tensor, labels: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                      reduction: str = "mean") -> torch.Tensor:
+    """Loop reference of :class:`SoftmaxLoss`: one labelled row at a time (``-1`` rows give 0)."""
+    per = []
+    for i, y in enumerate(labels.tolist()):
+        if y < 0:
+            per.append(x.new_zeros(()))
+            continue
+        z = weight @ x[i] + (bias if bias is not None else 0.0)
+        per.append(torch.logsumexp(z, 0) - z[y])
+    per = torch.stack(per) if per else x.new_zeros(0)
+    if reduction == "none":
+        return per
+    n = sum(v >= 0 for v in labels.tolist())
+    return per.sum() if reduction == "sum" else per.sum() / max(n, 1)
+
+
+__all__ = ["SoftmaxLoss", "reference_softmax"]

@@ -29,54 +29,18 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from fer_nb.losses.common import working_dtype
 from torch.nn import functional as F
 
+from fer_nb.losses.common import (REDUCTIONS, check_batch, check_reduction, reduce_values,
+                                  working_dtype, working_rows)
 from fer_nb.losses.distances import pairwise_distances
+from fer_nb.losses.masks import positive_negative_masks, reference_anchor_pairs
 
-REDUCTIONS = ("mean", "sum", "none")
-
-
-def pairwise_distance(a: torch.Tensor, b: torch.Tensor, power: int = 2) -> torch.Tensor:
-    """``D[i, j] = ||a_i - b_j||^power`` (power 1 or 2), see :mod:`fer_nb.losses.distances`.
-
-    ``power=1`` uses ``sqrt(max(d2, 1e-12))`` so coincident points have a zero (not NaN) gradient.
-    """
-    return pairwise_distances(a, b, power)
-
-
-def check_batch(embeddings: torch.Tensor, labels: torch.Tensor, name: str) -> None:
-    """Shape and dtype checks shared by the tuple losses (errors name the fix)."""
-    if embeddings.ndim != 2:
-        raise ValueError(f"{name}: embeddings must be (batch, dim), got {tuple(embeddings.shape)}; flatten them first")
-    if labels.ndim != 1 or labels.shape[0] != embeddings.shape[0]:
-        raise ValueError(f"{name}: labels must be (batch,) = ({embeddings.shape[0]},), got {tuple(labels.shape)}")
-    if labels.dtype.is_floating_point or labels.dtype == torch.bool:
-        raise TypeError(f"{name}: labels must be integer class ids (use labels.long()), got {labels.dtype}")
-
-
-def check_reduction(reduction: str, name: str) -> str:
-    if reduction not in REDUCTIONS:
-        raise ValueError(f"{name}: reduction must be one of {REDUCTIONS}, got {reduction!r}")
-    return reduction
-
-
-def reduce_values(values: torch.Tensor, reduction: str, anchor: torch.Tensor) -> torch.Tensor:
-    """Mean/sum/none of a 1-D tensor; an empty one reduces to ``0 * anchor.sum()`` (graph kept)."""
-    if reduction == "none":
-        return values
-    if values.numel() == 0:
-        return anchor.sum() * 0.0
-    return values.sum() if reduction == "sum" else values.mean()
-
-
-def positive_negative_masks(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(same, different)`` ``(B, B)`` masks of labelled pairs: same label (``i != j``) / other label."""
-    valid = labels >= 0
-    both = valid[:, None] & valid[None, :]
-    idx = torch.arange(len(labels), device=labels.device)
-    same = (labels[:, None] == labels[None, :]) & both & (idx[:, None] != idx[None, :])
-    return same, (labels[:, None] != labels[None, :]) & both
+# names other modules imported from here before the ground floor existed (fer_nb.losses.common,
+# .distances, .masks); kept importable from this module
+pairwise_distance = pairwise_distances
+__all__ = ["REDUCTIONS", "TripletLoss", "check_batch", "check_reduction", "pairwise_distance",
+           "positive_negative_masks", "reduce_values", "reference_triplet", "working_dtype"]
 
 
 class TripletLoss(nn.Module):
@@ -112,7 +76,8 @@ class TripletLoss(nn.Module):
         n_triplets = (same.sum(1) * diff.sum(1)).sum()
         d64 = d.double()
         # above every threshold t, so never counted; a tensor (no .item()), which keeps torch.func.vmap working
-        big = d64.detach().amax() + abs(self.margin) + 1.0
+        top = d64.detach().amax() if d64.numel() else d64.new_zeros(())   # (an empty batch has no maximum)
+        big = top + abs(self.margin) + 1.0
         neg = torch.where(diff, d64, big.expand_as(d64))
         neg_sorted, _ = torch.sort(neg, dim=1)
         prefix = F.pad(torch.cumsum(neg_sorted, dim=1), (1, 0))      # prefix[:, k] = sum of the k smallest
@@ -127,15 +92,36 @@ class TripletLoss(nn.Module):
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor,
                 triplets: torch.Tensor | None = None) -> torch.Tensor:
         check_batch(embeddings, labels, "TripletLoss")
-        if triplets is not None and (triplets.ndim != 2 or triplets.shape[1] != 3):
-            raise ValueError(f"TripletLoss: triplets must be (T, 3) index rows (a, p, n), got {tuple(triplets.shape)}")
-        with torch.autocast(device_type=embeddings.device.type, enabled=False):
-            x = embeddings.to(working_dtype(embeddings))
-            d = pairwise_distances(x, None, self.power)  # (B, B): one GEMM, then index triplets
-            if triplets is None and self.reduction != "none":
-                return self._all_triplets_reduced(d, labels, x)
-            if triplets is None:
-                triplets = self.all_triplets(labels)
-            a, p, n = triplets[:, 0], triplets[:, 1], triplets[:, 2]
-            per = F.relu(d[a, p] - d[a, n] + self.margin)
-            return reduce_values(per, self.reduction, x)
+        valid = labels >= 0
+        if triplets is not None:
+            if triplets.ndim != 2 or triplets.shape[1] != 3:
+                raise ValueError(f"TripletLoss: triplets must be (T, 3) index rows (a, p, n), got {tuple(triplets.shape)}")
+            if triplets.numel() and not bool(valid[triplets.flatten()].all()):
+                raise ValueError("TripletLoss: triplets use a row labelled -1 (ignored); drop those triplets "
+                                 "or give the row a label")
+        with torch.autocast(embeddings.device.type, enabled=False):
+            return self.compute(working_rows(embeddings, valid), labels, triplets)
+
+    def compute(self, x: torch.Tensor, labels: torch.Tensor, triplets: torch.Tensor | None = None) -> torch.Tensor:
+        """The hinge ``max(0, D_ap - D_an + tau)`` over all (or the given) triplets, reduced."""
+        d = pairwise_distances(x, None, self.power)  # (B, B): one GEMM, then index triplets
+        if triplets is None and self.reduction != "none":
+            return self._all_triplets_reduced(d, labels, x)
+        if triplets is None:
+            triplets = self.all_triplets(labels)
+        a, p, n = triplets[:, 0], triplets[:, 1], triplets[:, 2]
+        per = F.relu(d[a, p] - d[a, n] + self.margin)
+        return reduce_values(per, self.reduction)
+
+
+def reference_triplet(x: torch.Tensor, labels: torch.Tensor, margin: float = 1.0, power: int = 2,
+                      reduction: str = "mean") -> torch.Tensor:
+    """Loop reference of :class:`TripletLoss` over all triplets: one (anchor, positive) pair at a time.
+
+    Per-triplet values in the order of :meth:`TripletLoss.all_triplets` for ``reduction="none"``.
+    """
+    vals = [F.relu(d_ap - d_an + margin) for _, _, d_ap, d_an in reference_anchor_pairs(x, labels, power)]
+    per = torch.cat(vals) if vals else x.new_zeros(0)
+    if reduction == "none":
+        return per
+    return per.sum() if reduction == "sum" else per.sum() / max(len(per), 1)

@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from fer_nb.losses.common import working_dtype
+
 
 def batch_pcc_ccc(pred: torch.Tensor, target: torch.Tensor, eps: float = 1e-8):
     """Per-column PCC and CCC of ``(B, 2)`` tensors (population moments), differentiable."""
@@ -36,10 +38,14 @@ class VARegressionLoss(nn.Module):
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         pred, target = embeddings, labels
         if pred.ndim != 2 or pred.shape[1] != 2 or target.shape != pred.shape:
-            raise ValueError(f"need predictions and va labels of shape (B, 2), got {tuple(pred.shape)} "
-                             f"and {tuple(target.shape)}")
-        dtype = torch.float64 if pred.dtype == torch.float64 else torch.float32
-        pred, target = pred.to(dtype), target.to(pred.device, dtype)
+            raise ValueError(f"VARegressionLoss: need predictions and va labels of shape (B, 2), got "
+                             f"{tuple(pred.shape)} and {tuple(target.shape)}")
+        dtype = working_dtype(pred)
+        with torch.autocast(pred.device.type, enabled=False):
+            return self.compute(pred.to(dtype), target.to(pred.device, dtype))
+
+    def compute(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """``L_AV = RMSE_v + RMSE_a + eps (1 - mean PCC + 1 - mean CCC)``."""
         rmse = torch.sqrt((pred - target).pow(2).mean(0) + self.eps)  # (valence, arousal)
         pcc, ccc = batch_pcc_ccc(pred, target, self.eps)
         l_pcc, l_ccc = 1 - pcc.mean(), 1 - ccc.mean()
