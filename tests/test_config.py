@@ -41,10 +41,8 @@ def test_every_preset_file_is_valid():
     for name in config.available_notebooks():
         presets = config.load_presets(name)
         keys = set(presets["smoke"])
-        for scale in config.SCALES:
-            if scale not in config.REQUIRED_SCALES and scale not in presets:
-                continue  # an optional scale (gpu) is checked where a preset defines it
-            assert set(presets[scale]) == keys, f"{name}: scale {scale} has other keys than smoke"
+        for scale in config.SCALES:   # every notebook has every scale, gpu included, with the same keys
+            assert set(presets[scale]) == keys, f"{name}/{scale}: {set(presets[scale]) ^ keys}", f"{name}: scale {scale} has other keys than smoke"
         assert "synthfacs" in presets.get("datasets", ["synthfacs"])
 
 

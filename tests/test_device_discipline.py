@@ -169,6 +169,17 @@ LOSS_CASES = {
     "SoftmaxLoss": lambda: fer_nb_loss("softmax", "SoftmaxLoss")(C, D),
     "TripletLoss": lambda: fer_nb_loss("triplet", "TripletLoss")(),
     "VARegressionLoss": lambda: fer_nb_loss("va_regression", "VARegressionLoss")(),
+    # the course's losses (chapter 61)
+    "CircleLoss": lambda: fer_nb_loss("circle", "CircleLoss")(),
+    "LiftedStructureLoss": lambda: fer_nb_loss("lifted_structure", "LiftedStructureLoss")(),
+    "MultiSimilarityLoss": lambda: fer_nb_loss("multi_similarity", "MultiSimilarityLoss")(mining=True),
+    "NPairLoss": lambda: fer_nb_loss("npair", "NPairLoss")(l2_reg=0.002),
+    "NormFaceLoss": lambda: fer_nb_loss("normface", "NormFaceLoss")(D, C, learn_scale=True),
+    "ProxyAnchorLoss": lambda: fer_nb_loss("proxy_anchor", "ProxyAnchorLoss")(D, C),
+    "ProxyNCALoss": lambda: fer_nb_loss("proxy_nca", "ProxyNCALoss")(D, C),
+    "SphereFaceLoss": lambda: fer_nb_loss("sphereface", "SphereFaceLoss")(D, C),
+    "SupConLoss": lambda: fer_nb_loss("supcon", "SupConLoss")(),
+    "MinedTripletLoss": lambda: __import__("fer_nb.miners", fromlist=["MinedTripletLoss"]).MinedTripletLoss("semi_hard"),
 }
 
 
@@ -188,7 +199,12 @@ def _discover(package) -> dict[str, type]:
 
 
 def test_every_loss_has_a_case():
-    missing = sorted(set(_discover(fer_nb.losses)) - set(LOSS_CASES))
+    import fer_nb.miners
+
+    found = {**_discover(fer_nb.losses),
+             **{n: c for n, c in vars(fer_nb.miners).items()
+                if inspect.isclass(c) and issubclass(c, nn.Module) and c.__module__ == "fer_nb.miners"}}
+    missing = sorted(set(found) - set(LOSS_CASES))
     assert not missing, f"add a LOSS_CASES entry (constructor for {B}x{D} embeddings, {C} classes) for {missing}"
 
 
