@@ -42,7 +42,7 @@ def test_every_preset_file_is_valid():
         presets = config.load_presets(name)
         keys = set(presets["smoke"])
         for scale in config.SCALES:   # every notebook has every scale, gpu included, with the same keys
-            assert set(presets[scale]) == keys, f"{name}/{scale}: {set(presets[scale]) ^ keys}", f"{name}: scale {scale} has other keys than smoke"
+            assert set(presets[scale]) == keys, f"{name}: scale {scale} has other keys than smoke: {set(presets[scale]) ^ keys}"
         assert "synthfacs" in presets.get("datasets", ["synthfacs"])
 
 
