@@ -94,3 +94,13 @@ def test_wide_figures_get_the_full_width_tag():
     ])
     book.clean_outputs(nb)
     assert "full-width" in nb.cells[0].metadata["tags"] and "full-width" not in nb.cells[1].metadata["tags"]
+
+
+def test_table_of_contents_is_generated_from_the_notebooks():
+    """Every notebook is a chapter of the book, in file-name order; the committed _toc.yml is current."""
+    from fer_nb.book import BOOK, notebook_sources, toc_text
+
+    text = toc_text()
+    for src in notebook_sources():
+        assert f"_generated/{src.stem}" in text, src.name
+    assert (BOOK / "_toc.yml").read_text() == text, "run `python -m fer_nb.book --toc` and commit book/_toc.yml"
