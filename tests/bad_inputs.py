@@ -540,7 +540,7 @@ def message(exc: BaseException) -> str:
     tmp = getattr(exc, "tmp", None)
     if tmp:
         text = text.replace(os.path.realpath(tmp), "<tmp>").replace(tmp, "<tmp>")
-    return text
+    return text.replace(str(ROOT), "<repo>")   # the page holds no machine's paths
 
 
 def first_line(text: str, limit: int = 230) -> str:

@@ -464,3 +464,12 @@ def test_bad_input_table_has_a_row_and_an_error_per_case():
 
 if __name__ == "__main__":      # python tests/test_losses_robustness.py  -> the table for book/reliability.md
     print(bad_input_table())
+
+
+def test_the_reliability_page_lists_every_loss_case():
+    """book/reliability.md shows every case of BAD_INPUTS (regenerate with python tests/test_losses_robustness.py)."""
+    from pathlib import Path
+
+    page = (Path(__file__).resolve().parent.parent / "book" / "reliability.md").read_text()
+    missing = [case for case, *_ in BAD_INPUTS if f"| {case} |" not in page]
+    assert not missing, f"book/reliability.md lacks these loss cases: {missing}"
