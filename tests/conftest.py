@@ -12,3 +12,9 @@ def tiny_cfg(tmp_path):
     from fer_nb import config
 
     return config.resolve("toolkit_tour", "smoke", device="cpu", out_dir=tmp_path / "run")
+
+
+def pytest_collection_modifyitems(config, items):
+    """The papermill runs of the chapters (minutes each) go first, so the two xdist workers share them and
+    the unit tests fill the gaps, instead of one worker running a queue of chapters at the end."""
+    items.sort(key=lambda item: 0 if item.get_closest_marker("notebook") else 1)

@@ -10,8 +10,9 @@ its inputs as CUDA would, raising :class:`DeviceMismatch` for
   inside the context makes a CPU generator that says it is a CUDA one),
 * and ``.numpy()`` of a CUDA tensor raises TypeError, as on CUDA.
 
-``torch.autocast("cuda", ...)`` becomes CPU autocast inside the context, so a run under fake CUDA also gets
-the bf16 activations of a real CUDA run (a float head fed bf16 features fails here too).
+``torch.autocast("cuda", ...)`` becomes CPU autocast inside the context (``bf16=True``, the default), so a
+run under fake CUDA also gets the bf16 activations of a real CUDA run (a float head fed bf16 features fails
+here too).
 
 Why not ``torch._subclasses.fake_tensor.FakeTensorMode``: it has no data, so every ``.item()``, ``float()``
 or data-dependent shape in the code under test raises ``DataDependentOutputException``, and its tensors
@@ -26,7 +27,6 @@ from __future__ import annotations
 
 import contextlib
 import threading
-import weakref
 
 import torch
 from torch.overrides import TorchFunctionMode
@@ -117,7 +117,7 @@ def _device_type(t: torch.Tensor) -> str:
 class _State(threading.local):
     def __init__(self):
         self.explicit_cpu = False     # inside Tensor.cpu() / .to("cpu") of a fake CUDA tensor
-        self.calls = []               # per torch-level call being run: did it get a CUDA tensor?
+        self.calls = []               # per torch-level call being run: (got a CUDA tensor?, a CUDA generator?)
 
 
 _STATE = _State()
@@ -135,7 +135,7 @@ def _explicit_cpu():
 def _inside_cuda_call() -> bool:
     """Whether the op runs inside a torch function called with CUDA tensors (a composite such as
     ``torch.quantile`` makes its scratch tensors with the input's options: on CUDA, they are CUDA)."""
-    return bool(_STATE.calls) and _STATE.calls[-1]
+    return bool(_STATE.calls) and _STATE.calls[-1][0]
 
 
 def _tensors(obj, out: list) -> list:
@@ -184,10 +184,11 @@ def _run(func, args, kwargs):
                              f"two devices, cuda:0 and cpu!")
     wanted = kwargs.get("device")
     wanted_type = torch.device(wanted).type if wanted is not None else None
+    first = args[0] if args and isinstance(args[0], torch.Tensor) else kwargs.get("self", kwargs.get("input"))
     if func is aten.copy_.default:
-        on_cuda = _device_type(args[0]) == "cuda"
+        on_cuda = _device_type(first) == "cuda"
     elif func is aten._to_copy.default:
-        source_cuda = _device_type(args[0]) == "cuda"
+        source_cuda = first is not None and _device_type(first) == "cuda"
         # C++ casts (x.to(dtype) inside a kernel) name the tensor's own device, which is the CPU here
         on_cuda = wanted_type == "cuda" or (source_cuda and not (wanted_type == "cpu" and _STATE.explicit_cpu))
     elif func in (aten.lift_fresh.default, aten.lift_fresh_copy.default):   # x.new_tensor(data) on CUDA
@@ -198,7 +199,7 @@ def _run(func, args, kwargs):
         on_cuda = "cuda" in devices
     generator = kwargs.get("generator")
     if generator is not None:
-        gen_type = "cuda" if _is_fake_cuda_generator(generator) else generator.device.type
+        gen_type = "cuda" if _STATE.calls and _STATE.calls[-1][1] else generator.device.type
         want_type = "cuda" if on_cuda else "cpu"
         if gen_type != want_type:
             raise DeviceMismatch(f"{func}: Expected a '{want_type}' device type for generator but found '{gen_type}'")
@@ -215,11 +216,14 @@ def _run(func, args, kwargs):
 
 
 class _CallTracker(TorchFunctionMode):
-    """Remembers, for each torch function being run, whether it was given a CUDA tensor."""
+    """Remembers, for each torch function being run, whether it was given a CUDA tensor or a CUDA generator
+    (the dispatcher hands ops a fresh wrapper of the generator, so only this level knows which one it is)."""
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        _STATE.calls.append(any(type(t) is FakeCudaTensor for t in _tensors(kwargs, _tensors(args, []))))
+        cuda_tensor = any(type(t) is FakeCudaTensor for t in _tensors(kwargs, _tensors(args, [])))
+        cuda_generator = any(type(g) is _Generator for g in (*args, *kwargs.values()))
+        _STATE.calls.append((cuda_tensor, cuda_generator))
         try:
             return func(*args, **kwargs)
         finally:
@@ -241,30 +245,13 @@ class _AnyGenerator(type(torch.Generator)):
         return isinstance(obj, _REAL_GENERATOR)
 
 
-#: the fake CUDA generators made so far (weak references)
-_FAKE_GENERATORS: list = []
-
-
-def _is_fake_cuda_generator(generator: torch.Generator) -> bool:
-    """Whether ``generator`` is one of the fake CUDA generators.
-
-    The dispatcher hands ops a fresh Python wrapper of the generator, so identity is lost; the state is
-    not (a fake CUDA generator starts from a random seed, so an unseeded CPU generator never matches).
-    """
-    state = generator.get_state()
-    return any(g is not None and torch.equal(g.get_state(), state) for g in (r() for r in _FAKE_GENERATORS))
-
-
 class _Generator(torch.Generator, metaclass=_AnyGenerator):
     """``torch.Generator(device="cuda")`` inside :func:`fake_cuda`: a CPU generator that says CUDA."""
 
     def __new__(cls, device="cpu"):
         if torch.device(device).type != "cuda":
             return _REAL_GENERATOR(device)
-        g = super().__new__(cls, "cpu")
-        g.seed()  # not the default seed: an unseeded CPU generator must not look like this one
-        _FAKE_GENERATORS.append(weakref.ref(g))
-        return g
+        return super().__new__(cls, "cpu")
 
     def __init__(self, device="cpu"):
         pass
@@ -282,8 +269,12 @@ class _Autocast(torch.amp.autocast):
 
 
 @contextlib.contextmanager
-def fake_cuda():
-    """Run the block with fake CUDA tensors (see the module docstring for what is checked)."""
+def fake_cuda(bf16: bool = True):
+    """Run the block with fake CUDA tensors (see the module docstring for what is checked).
+
+    ``bf16=False`` leaves ``torch.autocast("cuda")`` without effect instead of mapping it to CPU bf16
+    autocast: this CPU has no bf16 instructions, so whole chapters run ~5x slower under it; the notebook
+    tests use that, and the dtype checks are done step by step in the unit tests."""
     saved = {
         "lazy_init": torch.cuda._lazy_init,
         "swap": torch.__future__.get_swap_module_params_on_conversion(),
@@ -308,7 +299,8 @@ def fake_cuda():
     torch.cuda.is_bf16_supported = lambda *a, **k: True
     torch.cuda.get_device_name = lambda *a, **k: "fake CUDA (tests/fake_cuda.py)"
     torch.cuda.synchronize = lambda *a, **k: None
-    torch.autocast = torch.amp.autocast = _Autocast
+    if bf16:
+        torch.autocast = torch.amp.autocast = _Autocast
     try:
         with _FakeCudaMode(), _CallTracker():
             yield
@@ -327,9 +319,9 @@ def fake_cuda():
 _PROCESS_CONTEXT = None
 
 
-def enter_for_process() -> None:
+def enter_for_process(bf16: bool = False) -> None:
     """Enter :func:`fake_cuda` for the rest of the process (notebook kernels of the fake-CUDA tests)."""
     global _PROCESS_CONTEXT
     if _PROCESS_CONTEXT is None:
-        _PROCESS_CONTEXT = fake_cuda()
+        _PROCESS_CONTEXT = fake_cuda(bf16=bf16)
         _PROCESS_CONTEXT.__enter__()
