@@ -27,7 +27,7 @@ book: venv
 
 ## make test: unit tests + papermill smoke run of every notebook
 test: venv
-	OMP_NUM_THREADS=1 $(PY) -m pytest -n 2 --durations=15 -q
+	OMP_NUM_THREADS=1 $(PY) -m pytest -n 2 --dist worksteal --durations=15 -q
 
 ## make test-fast: unit tests only
 test-fast: venv
