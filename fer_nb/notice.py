@@ -27,13 +27,29 @@ def recorded_runs(notebook: str) -> list[str]:
     return sorted(p.name for p in folder.glob("*.json")) if folder.is_dir() else []
 
 
+def recorded_runs_text(cfg) -> str:
+    """`` Recorded runs of this chapter: `results/<key>/<run>.json` (...), ...`` with, for each, whether this
+    page's code made it (its code fingerprint, :mod:`fer_nb.fingerprint`); empty when there are none."""
+    from fer_nb.fingerprint import staleness
+    from fer_nb.io import load_json
+
+    runs = recorded_runs(cfg.notebook)
+    if not runs:
+        return ""
+    parts = []
+    for r in runs:
+        note = staleness(load_json(RESULTS / cfg.notebook / r), cfg)
+        state = "made by this page's code" if note is None else (
+            "made by earlier code without a fingerprint" if "without a code fingerprint" in note
+            else "made by other code than this page's")
+        parts.append(f"`results/{cfg.notebook}/{r}` ({state})")
+    return " Recorded runs of this chapter: " + ", ".join(parts) + "."
+
+
 def scale_notice_text(cfg) -> str:
     """Markdown of the notice for ``cfg.scale`` (and the recorded runs that exist)."""
     title, body = SCALE_MEANING[cfg.scale]
-    runs = recorded_runs(cfg.notebook)
-    where = (f" Recorded runs of this chapter: {', '.join(f'`results/{cfg.notebook}/{r}`' for r in runs)}."
-             if runs else "")
-    return f"**{title}.** {body}{where}"
+    return f"**{title}.** {body}{recorded_runs_text(cfg)}"
 
 
 #: admonition class per scale (sphinx-book-theme colours: caution = orange, note = blue)
@@ -50,9 +66,7 @@ def _inline_html(markdown: str) -> str:
 def scale_notice_html(cfg) -> str:
     """The notice as an HTML admonition: Jupyter Book styles it like a MyST ``{admonition}``."""
     title, body = SCALE_MEANING[cfg.scale]
-    runs = recorded_runs(cfg.notebook)
-    where = (f" Recorded runs of this chapter: {', '.join(f'`results/{cfg.notebook}/{r}`' for r in runs)}."
-             if runs else "")
+    where = recorded_runs_text(cfg)
     kind = ADMONITION_CLASS.get(cfg.scale, "note")
     return (f'<div class="admonition {kind}"><p class="admonition-title">'
             f"{_inline_html(title)} (<code>SCALE = &quot;{html.escape(cfg.scale)}&quot;</code>)</p>"

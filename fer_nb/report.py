@@ -202,13 +202,19 @@ def fmt_mean_std(v: Any, std: Any = None, sig: int = 3) -> Any:
     return f"{text} ± {std:.{decimals}f}"
 
 
-def run_label(m: Mapping | None) -> str:
-    """``small · synthfacs · 3 seeds`` for a metrics.json / recorded run (``—`` for none)."""
+def run_label(m: Mapping | None, notebook: str | None = None) -> str:
+    """``small · synthfacs · 3 seeds`` for a metrics.json / recorded run (``—`` for none); with ``notebook``,
+    `` · other code`` is appended when the run was not made by that chapter's current code."""
     if not m:
         return "—"
     p = m.get("provenance") or {}
     seeds = p.get("seeds") or []
-    return f"{p.get('scale', '?')} · {p.get('dataset', '?')} · {len(seeds)} seed{'s' if len(seeds) != 1 else ''}"
+    label = f"{p.get('scale', '?')} · {p.get('dataset', '?')} · {len(seeds)} seed{'s' if len(seeds) != 1 else ''}"
+    if notebook is not None:
+        from fer_nb.fingerprint import is_stale
+
+        label += " · other code" if is_stale(m, notebook) else ""
+    return label
 
 
 def compare(paper: str, table: str, ours: Mapping[str, Mapping[str, Any]] | None = None,
@@ -259,7 +265,7 @@ def compare(paper: str, table: str, ours: Mapping[str, Mapping[str, Any]] | None
             })
     frame = pd.DataFrame(out)
     frame.attrs["title"] = f"{pub.get('title', table)} ({pub.get('source', '')})"
-    frame.attrs["recorded"] = run_label(rec) if rec else "—"
+    frame.attrs["recorded"] = run_label(rec, paper) if rec else "—"
     frame.attrs["this_run"] = f"{scale} · {dataset}" if dataset else "—"
     return frame
 
@@ -297,7 +303,7 @@ def check_claim(paper: str, run: Mapping | None = None) -> dict[str, Any]:
     result: dict[str, Any] = {
         "paper": paper, "text": claim["text"], "table": table, "row": row, "metric": paper_metric,
         "paper_value": paper_value, "paper_dataset": paper_dataset(pub, table, paper_metric),
-        "run": run_label(run) if run else "—", "verdict": "not run", "ours": None, "ours_std": None,
+        "run": run_label(run, paper) if run else "—", "verdict": "not run", "ours": None, "ours_std": None,
         "ours_metric": None, "margin": None, "missing": [], "delta": None, "within_spread": False,
     }
     rec_rows = ((run or {}).get("tables") or {}).get(table) or {}

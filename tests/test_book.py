@@ -104,3 +104,25 @@ def test_table_of_contents_is_generated_from_the_notebooks():
     for src in notebook_sources():
         assert f"_generated/{src.stem}" in text, src.name
     assert (BOOK / "_toc.yml").read_text() == text, "run `python -m fer_nb.book --toc` and commit book/_toc.yml"
+
+
+def test_notice_and_labels_say_which_recorded_runs_this_code_made(tmp_path, monkeypatch):
+    """A recorded run shown beside a page is labelled when other (or unknown) code made it (issue #19)."""
+    import json
+
+    from fer_nb import config, notice, report
+
+    cfg = config.resolve("toolkit_tour", "smoke", device="cpu", out_dir=tmp_path / "run")
+    folder = tmp_path / "results" / "toolkit_tour"
+    folder.mkdir(parents=True)
+    report.write_metrics(cfg, {"t": {"row": {"acc": 1.0}}}, {"acc": 1.0})
+    current = json.loads((cfg.out_dir / "metrics.json").read_text())
+    (folder / "small-synthfacs.json").write_text(json.dumps(current))
+    old = dict(current, provenance={k: v for k, v in current["provenance"].items() if k != "code"})
+    (folder / "smoke-synthfacs.json").write_text(json.dumps(old))
+    monkeypatch.setattr(notice, "RESULTS", tmp_path / "results")
+    text = notice.scale_notice_text(cfg)
+    assert "`results/toolkit_tour/small-synthfacs.json` (made by this page's code)" in text
+    assert "`results/toolkit_tour/smoke-synthfacs.json` (made by earlier code without a fingerprint)" in text
+    assert report.run_label(current, "toolkit_tour").endswith("seed")
+    assert report.run_label(old, "toolkit_tour").endswith("· other code")
