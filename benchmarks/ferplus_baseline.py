@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     cfg = config.resolve("margin_mix", "small", "ferplus", args.data_root, args.device, [args.seed], args.out_dir,
-                         depth=28, widen_factor=2, batch_size=args.batch_size, steps=args.steps,
+                         extra_sources=[__file__], depth=28, widen_factor=2, batch_size=args.batch_size, steps=args.steps,
                          epochs=args.epochs, ema_decay=0.99, budgets=["all"])
     t0 = time.perf_counter()
     data = mm.load_data(cfg)

@@ -30,7 +30,7 @@ def case_center(x, y, c):
 
 
 def case_large_margin(x, y, c):
-    from fer_nb.losses.large_margin import LargeMarginLoss, reference_large_margin
+    from fer_nb.losses.large_margin_loss import LargeMarginLoss, reference_large_margin
 
     loss = LargeMarginLoss(c, x.shape[1]).to(x.device).eval()
     loss.centers.copy_(torch.randn_like(loss.centers))

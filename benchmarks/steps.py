@@ -52,7 +52,7 @@ def _finish(loss, mode):
 
 
 def build_large_margin(device, mode, batch, size):
-    from fer_nb.losses.large_margin import LargeMarginLoss
+    from fer_nb.losses.large_margin_loss import LargeMarginLoss
     from fer_nb.models.large_margin_net import LargeMarginNet
 
     model = fast.prepare(LargeMarginNet(3, 1.0, num_classes=7, num_aus=12), device, channels_last=mode == "fast" and device.type == "cuda")
@@ -100,7 +100,7 @@ def build_caf(device, mode, batch, size):
     from fer_nb.caf_grouping import group
     from fer_nb.losses.caf_critic import CAFCriticLoss
     from fer_nb.losses.va_regression import VARegressionLoss
-    from fer_nb.models.caf import CAFNet
+    from fer_nb.models.caf_net import CAFNet
 
     net = fast.prepare(CAFNet("alexnet", 3, 1.0), device, channels_last=mode == "fast" and device.type == "cuda")
     enc_params = list(net.encoder.parameters()) + list(net.regressor.parameters())
@@ -210,7 +210,7 @@ def _ctx():
 
 def chapter_large_margin(device, batch, size):
     """``fer_nb.papers.large_margin.train_step`` (Eq. 4, Table 1): labelled + unlabelled rows, L_S + lambda L_M."""
-    from fer_nb.losses.large_margin import LargeMarginLoss
+    from fer_nb.losses.large_margin_loss import LargeMarginLoss
     from fer_nb.models.large_margin_net import LargeMarginNet
     from fer_nb.papers import large_margin
 
@@ -245,7 +245,7 @@ def chapter_nm_tuple(device, batch, size):
 
 def chapter_caf(device, batch, size):
     """``fer_nb.papers.caf.CAFSteps.train_step``: critic, adversarial (critic frozen) and AV steps."""
-    from fer_nb.models.caf import CAFNet
+    from fer_nb.models.caf_net import CAFNet
     from fer_nb.papers import caf
 
     net = fast.prepare(CAFNet("alexnet", 3, 1.0), device)

@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     cfg = config.resolve("margin_mix", "small", "ferplus", args.data_root, "cpu", args.seeds, "runs/synthfacs_vs_ferplus",
-                         steps=args.steps, epochs=1, ema_decay=0.97)
+                         extra_sources=[__file__], steps=args.steps, epochs=1, ema_decay=0.97)
     seeds = list(cfg.seeds)
     t0 = time.perf_counter()
     rows = [measure("FER+ (real)", cfg, registry.load("ferplus", cfg.data_root, split="train", image_size=32),

@@ -192,6 +192,8 @@ def resolve(
     device: str = "auto",
     seeds: int | list[int] = 1,
     out_dir: str | os.PathLike | None = None,
+    *,
+    extra_sources: tuple[str | os.PathLike, ...] = (),
     **overrides: Any,
 ) -> Config:
     """Validate a notebook's parameters and return its frozen :class:`Config`.
@@ -200,7 +202,8 @@ def resolve(
     back to the ``FER_NB_DATA`` environment variable for real datasets. ``overrides`` replace
     hyperparameters of the scale preset (unknown names and wrong types are errors). Called from a
     notebook, the notebook's globals are checked with :func:`check_parameters` as well. Every
-    parameter is validated before ``out_dir`` is created.
+    parameter is validated before ``out_dir`` is created. ``extra_sources``: files (a benchmark
+    script) that train through this configuration; they enter the code fingerprint.
     """
     if not isinstance(notebook, str):
         raise TypeError(f"notebook must be a preset name such as 'toolkit_tour', got {notebook!r}")
@@ -245,7 +248,7 @@ def resolve(
     if not isinstance(out_dir, (str, os.PathLike)) or str(out_dir) == "":
         raise TypeError(f"OUT_DIR must be a non-empty path string, got {out_dir!r}")
     device_obj = pick_device(device)  # validated before anything is created on disk
-    code = _fingerprint.code_fingerprint(notebook)
+    code = _fingerprint.code_fingerprint(notebook, extra_sources)
     out = Path(out_dir).expanduser()
     _make_out_dir(out)
     return Config(

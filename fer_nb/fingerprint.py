@@ -2,12 +2,21 @@
 
 ``code_fingerprint(notebook)`` is a SHA-256 over
 
-* every source file of the ``fer_nb`` package (``*.py`` and the ``presets/*.yaml``), by relative
-  path and content: the simplest honest choice, since a notebook's result may depend on any module
-  it imports directly or indirectly;
+* the ``fer_nb`` modules the chapter can run: every module its code cells import, directly or
+  through other ``fer_nb`` modules (found statically with :mod:`ast`: imports anywhere in a file,
+  function-level ones included, plus each imported module's parent ``__init__.py``), by relative
+  path and content, and the chapter's preset ``presets/<notebook>.yaml``;
 * the code cells of the chapter ``notebooks/NN_<notebook>.md``, in order, **except** the cell
   tagged ``parameters`` (papermill replaces those values, and they are hashed separately through
-  the configuration). Markdown prose does not enter the fingerprint.
+  the configuration). Markdown prose does not enter the fingerprint;
+* any ``extra_sources`` (a benchmark script that trains through the chapter's configuration): their
+  bytes and their own ``fer_nb`` imports.
+
+So a change to a module a chapter cannot reach (a loss it never imports) leaves that chapter's
+recorded runs valid, and a change to anything it can reach makes them stale. ``fer_nb`` has no
+dynamic imports (``importlib``/``__import__`` of its own modules); :func:`module_closure` would not
+see them, and ``tests/test_reliability.py`` checks that none exist. A chapter whose code cells do
+not parse as Python (a shell escape) falls back to the whole package.
 
 :meth:`fer_nb.config.Config.run_hash` includes the fingerprint, so a checkpoint written by other
 code has another file name and hash and is retrained, never reused; checkpoints store it (key
@@ -17,14 +26,15 @@ code has another file name and hash and is retrained, never reused; checkpoints 
 Limits: the fingerprint covers the files on disk when :func:`fer_nb.config.resolve` runs. It does
 not cover installed third-party packages (their versions are in the provenance), code typed into a
 running kernel without saving the notebook, or a notebook that is not under ``notebooks/``
-(then only the package part is hashed and ``notebook`` is ``None``).
+(then every package file is hashed and ``notebook`` is ``None``).
 """
 from __future__ import annotations
 
+import ast
 import hashlib
 import re
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 PACKAGE = Path(__file__).resolve().parent
 ROOT = PACKAGE.parent
@@ -43,13 +53,88 @@ def package_files() -> list[Path]:
     return sorted(files, key=lambda p: p.relative_to(PACKAGE).as_posix())
 
 
-def package_fingerprint() -> str:
-    """SHA-256 (hex) over the relative path and bytes of every file of :func:`package_files`."""
+def package_fingerprint(files: Iterable[Path] | None = None) -> str:
+    """SHA-256 (hex) over the relative path and bytes of ``files`` (default: :func:`package_files`)."""
     h = hashlib.sha256()
-    for p in package_files():
+    chosen = package_files() if files is None else sorted(set(files), key=lambda p: p.relative_to(PACKAGE).as_posix())
+    for p in chosen:
         h.update(p.relative_to(PACKAGE).as_posix().encode() + b"\0")
         h.update(p.read_bytes().replace(b"\r\n", b"\n") + b"\0")
     return h.hexdigest()
+
+
+def module_file(name: str) -> Path | None:
+    """The source file of the ``fer_nb`` module or package ``name`` (``None`` when it is not one)."""
+    parts = name.split(".")
+    if parts[0] != PACKAGE.name:
+        return None
+    base = PACKAGE.joinpath(*parts[1:])
+    for candidate in (base.with_suffix(".py") if len(parts) > 1 else None, base / "__init__.py"):
+        if candidate is not None and candidate.is_file():
+            return candidate
+    return None
+
+
+def _module_name(path: Path) -> str:
+    rel = path.relative_to(PACKAGE).with_suffix("")
+    parts = [PACKAGE.name, *rel.parts]
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imported_modules(source: str, module: str | None = None, is_package: bool = False) -> set[str]:
+    """Names of the modules ``source`` imports anywhere (resolving relative imports inside ``module``,
+    a package's ``__init__`` when ``is_package``).
+
+    ``from pkg import name`` yields ``pkg`` and ``pkg.name`` (the latter counts only when it is a
+    module). Raises :class:`SyntaxError` when ``source`` is not Python.
+    """
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level and module:
+                parts = module.split(".")
+                anchor = parts[: len(parts) - node.level + (1 if is_package else 0)]
+                base = ".".join([*anchor, base] if base else anchor)
+            names.add(base)
+            names.update(f"{base}.{alias.name}" for alias in node.names)
+    return names
+
+
+def module_closure(sources: Iterable[str]) -> set[Path]:
+    """The ``fer_nb`` files that running ``sources`` (Python texts) can execute: their imports, the
+    imports of those, and the ``__init__.py`` of every package on the way."""
+    seen: set[Path] = set()
+    todo: list[tuple[str, str | None, bool]] = [(src, None, False) for src in sources]
+    while todo:
+        src, module, is_package = todo.pop()
+        for name in imported_modules(src, module, is_package):
+            parts = name.split(".")
+            for k in range(1, len(parts) + 1):  # importing a.b.c runs a/__init__ and a/b/__init__ too
+                path = module_file(".".join(parts[:k]))
+                if path is not None and path not in seen:
+                    seen.add(path)
+                    todo.append((path.read_text(encoding="utf-8"), _module_name(path), path.name == "__init__.py"))
+    return seen
+
+
+def chapter_files(notebook: str | None, extra_sources: Iterable[str | Path] = ()) -> list[Path]:
+    """The package files that enter ``notebook``'s fingerprint (see the module docstring)."""
+    path = notebook_source(notebook) if notebook else None
+    if path is None:
+        return package_files()
+    texts = [src for tags, src in code_cells(path.read_text(encoding="utf-8"))]
+    texts += [Path(p).read_text(encoding="utf-8") for p in extra_sources]
+    try:
+        files = module_closure(texts)
+    except SyntaxError:
+        return package_files()
+    preset = PACKAGE / "presets" / f"{notebook}.yaml"
+    if preset.is_file():
+        files.add(preset)
+    return sorted(files, key=lambda p: p.relative_to(PACKAGE).as_posix())
 
 
 def notebook_source(notebook: str, folder: Path | None = None) -> Path | None:
@@ -118,14 +203,22 @@ def parameter_names(notebook: str) -> list[str]:
     return names
 
 
-def code_fingerprint(notebook: str | None = None) -> dict[str, Any]:
+def code_fingerprint(notebook: str | None = None, extra_sources: Iterable[str | Path] = ()) -> dict[str, Any]:
     """``{"code": <16 hex>, "package": <16 hex>, "notebook": <16 hex> | None, "notebook_file": name | None}``.
 
-    ``code`` combines the package and the notebook parts; it is what :meth:`Config.run_hash` uses.
+    ``package`` hashes :func:`chapter_files` (the modules the chapter can reach, or every package
+    file without a chapter), ``notebook`` the chapter's code cells and the bytes of
+    ``extra_sources``; ``code`` combines the two and is what :meth:`Config.run_hash` uses.
     """
-    package = package_fingerprint()
+    extra = [Path(p) for p in extra_sources]
+    package = package_fingerprint(chapter_files(notebook, extra))
     path = notebook_source(notebook) if notebook else None
     nb = notebook_fingerprint(path) if path is not None else None
+    if extra:
+        h = hashlib.sha256((nb or "").encode())
+        for p in extra:
+            h.update(b"\0" + p.name.encode() + b"\0" + p.read_bytes().replace(b"\r\n", b"\n"))
+        nb = h.hexdigest()
     code = hashlib.sha256(f"{package}\0{nb}".encode()).hexdigest()
     return {"code": code[:16], "package": package[:16], "notebook": nb[:16] if nb else None,
             "notebook_file": path.name if path is not None else None}

@@ -35,10 +35,8 @@ from torch.nn import functional as F
 
 from torch import nn
 
-from fer_nb.losses.common import working_dtype
+from fer_nb.losses.common import REDUCTIONS, check_reduction, working_dtype
 from fer_nb.losses.distances import pairwise_distances
-
-REDUCTIONS = ("mean", "sum", "none")
 
 __all__ = ["REDUCTIONS", "check_batch", "check_reduction", "pair_masks", "reduce_rows", "cosine_matrix",
            "batch_hard", "batch_hard_loop", "semi_hard", "semi_hard_loop", "distance_weights",
@@ -60,12 +58,6 @@ def check_batch(embeddings: torch.Tensor, labels: torch.Tensor, name: str) -> No
         raise ValueError(f"{name}: labels must be (batch,) = ({embeddings.shape[0]},), got {shape}")
     if labels.dtype.is_floating_point or labels.dtype == torch.bool:
         raise TypeError(f"{name}: labels must be integer class ids (use labels.long()), got {labels.dtype}")
-
-
-def check_reduction(reduction: str, name: str) -> str:
-    if reduction not in REDUCTIONS:
-        raise ValueError(f"{name}: reduction must be one of {REDUCTIONS}, got {reduction!r}")
-    return reduction
 
 
 def pair_masks(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -126,3 +126,31 @@ def test_notice_and_labels_say_which_recorded_runs_this_code_made(tmp_path, monk
     assert "`results/toolkit_tour/smoke-synthfacs.json` (made by earlier code without a fingerprint)" in text
     assert report.run_label(current, "toolkit_tour").endswith("seed")
     assert report.run_label(old, "toolkit_tour").endswith("· other code")
+
+
+def test_no_two_package_modules_share_a_name():
+    """Issue #18: ``losses/margin_mix.py`` beside ``papers/margin_mix.py`` made tracebacks, mutation
+    reports and ``show_source`` captions ambiguous. Each module name is unique in ``fer_nb``."""
+    from collections import Counter
+    from pathlib import Path
+
+    import fer_nb
+
+    names = Counter(p.name for p in Path(fer_nb.__file__).parent.rglob("*.py")
+                    if p.name != "__init__.py" and "__pycache__" not in p.parts)
+    assert [n for n, c in names.items() if c > 1] == []
+
+
+def test_reduction_names_are_defined_once():
+    """Issue #18: the shared reductions and their check live in ``losses/common.py`` only."""
+    import re
+    from pathlib import Path
+
+    import fer_nb
+
+    pkg = Path(fer_nb.__file__).parent
+    defined = [p.relative_to(pkg).as_posix() for p in pkg.rglob("*.py")
+               if re.search(r'^REDUCTIONS\s*=\s*\("mean", "sum", "none"\)', p.read_text(), re.M)
+               or re.search(r"^def check_reduction\(", p.read_text(), re.M)
+               or re.search(r'if reduction not in \(', p.read_text())]
+    assert defined == ["losses/common.py"]

@@ -160,8 +160,8 @@ LOSS_CASES = {
     "FisherIPMLoss": lambda: fer_nb_loss("fisher_ipm", "FisherIPMLoss")(),
     "GradientReversal": None,       # a layer, tested with the UDAT nets
     "IslandLoss": lambda: fer_nb_loss("island", "IslandLoss")(C, D),
-    "LargeMarginLoss": lambda: fer_nb_loss("large_margin", "LargeMarginLoss")(C, D),
-    "MarginMixLoss": lambda: fer_nb_loss("margin_mix", "MarginMixLoss")(C),
+    "LargeMarginLoss": lambda: fer_nb_loss("large_margin_loss", "LargeMarginLoss")(C, D),
+    "MarginMixLoss": lambda: fer_nb_loss("margin_mix_loss", "MarginMixLoss")(C),
     "MMDCriticLoss": lambda: fer_nb_loss("mmd_critic", "MMDCriticLoss")(),
     "NPlusOneTupleLoss": lambda: fer_nb_loss("n_plus_one_tuple", "NPlusOneTupleLoss")(),
     "NMTupleClustersLoss": lambda: fer_nb_loss("nm_tuple_clusters", "NMTupleClustersLoss")(adaptive=True, embedding_dim=D),
@@ -239,7 +239,7 @@ def test_loss_takes_bf16_activations(name, monkeypatch):
 
 # ----------------------------------------------------------------------------- every model
 def _model_cases():
-    from fer_nb.models import backbones, caf, inception_fer, large_margin_net, udat, wrn
+    from fer_nb.models import backbones, caf_net as caf, inception_fer, large_margin_net, udat, wrn
 
     img3 = (2, 3, 32, 32)
     return {

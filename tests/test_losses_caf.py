@@ -324,11 +324,11 @@ def test_va_loss_gradcheck_and_degenerate():
         VARegressionLoss()(torch.zeros(3, 3), torch.zeros(3, 3))
 
 
-# ---------- networks (fer_nb.models.caf) ----------------------------------------------------------
+# ---------- networks (fer_nb.models.caf_net) ----------------------------------------------------------
 
 def test_caf_networks_match_the_official_parameter_counts():
     from fer_nb.models.backbones import count_parameters
-    from fer_nb.models.caf import CAFNet
+    from fer_nb.models.caf_net import CAFNet
 
     net = CAFNet("alexnet")  # 224 px RGB, 256x6x6 = 9216-d features
     assert count_parameters(net.encoder) + count_parameters(net.regressor) == 3_060_122  # paper: 3.0M
@@ -337,7 +337,7 @@ def test_caf_networks_match_the_official_parameter_counts():
 
 
 def test_caf_networks_forward_small_inputs():
-    from fer_nb.models.caf import CAFNet
+    from fer_nb.models.caf_net import CAFNet
 
     x = torch.rand(3, 3, 64, 64)
     net = CAFNet("alexnet", 3, width=0.25, pool_size=2)

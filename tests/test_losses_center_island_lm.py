@@ -11,7 +11,7 @@ import torch
 
 from fer_nb.losses.center import CenterLoss, reference_center
 from fer_nb.losses.island import IslandLoss, reference_island_term
-from fer_nb.losses.large_margin import LargeMarginLoss, reference_large_margin
+from fer_nb.losses.large_margin_loss import LargeMarginLoss, reference_large_margin
 
 torch.set_default_dtype(torch.float32)
 

@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-from fer_nb.losses.large_margin import LargeMarginLoss
-from fer_nb.losses.margin_mix import (MarginMixLoss, centroid_sq_distances, eq11_gradient, pairwise_sq_distances,
+from fer_nb.losses.large_margin_loss import LargeMarginLoss
+from fer_nb.losses.margin_mix_loss import (MarginMixLoss, centroid_sq_distances, eq11_gradient, pairwise_sq_distances,
                                      reference_margin_mix)
 
 D64 = torch.float64

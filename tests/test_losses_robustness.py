@@ -25,8 +25,8 @@ from fer_nb.losses.coupled_clusters import CoupledClustersLoss
 from fer_nb.losses.distances import normalise, pairwise_sq_distances
 from fer_nb.losses.fisher_ipm import FisherIPMLoss
 from fer_nb.losses.island import IslandLoss
-from fer_nb.losses.large_margin import LargeMarginLoss
-from fer_nb.losses.margin_mix import MarginMixLoss, reference_kernel_centroid_sq_distances, reference_margin_mix
+from fer_nb.losses.large_margin_loss import LargeMarginLoss
+from fer_nb.losses.margin_mix_loss import MarginMixLoss, reference_kernel_centroid_sq_distances, reference_margin_mix
 from fer_nb.losses.mmd_critic import MMDCriticLoss
 from fer_nb.losses.n_plus_one_tuple import NPlusOneTupleLoss
 from fer_nb.losses.nm_tuple_clusters import NMTupleClustersLoss
@@ -429,7 +429,7 @@ def test_nplus1_groups_keep_class_zero_negatives_and_a_last_row_positive():
 
 
 def test_eq11_paper_variant_is_the_diagonal_of_the_normalisation_jacobian():
-    from fer_nb.losses.margin_mix import eq11_gradient
+    from fer_nb.losses.margin_mix_loss import eq11_gradient
 
     g = torch.Generator().manual_seed(9)
     e = torch.randn(5, 4, dtype=D64, generator=g)

@@ -8,7 +8,7 @@ import torch
 from fer_nb import config
 from fer_nb import pseudo_emotions as pe
 from fer_nb.data.schema import AUS
-from fer_nb.losses.large_margin import LargeMarginLoss
+from fer_nb.losses.large_margin_loss import LargeMarginLoss
 from fer_nb.models.large_margin_net import LargeMarginNet
 from fer_nb.papers import large_margin as lm
 

@@ -72,6 +72,72 @@ def test_package_fingerprint_changes_with_any_source_file(tmp_path, monkeypatch)
     assert fingerprint.package_fingerprint() not in (base, changed_preset)
 
 
+def _fake_package(tmp_path, monkeypatch):
+    pkg = tmp_path / "fer_nb"
+    (pkg / "sub").mkdir(parents=True)
+    (pkg / "presets").mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "sub" / "__init__.py").write_text("")
+    (pkg / "used.py").write_text("from .sub import deep\n")
+    (pkg / "sub" / "deep.py").write_text("def f():\n    import fer_nb.lazy\n")
+    (pkg / "lazy.py").write_text("L = 1\n")
+    (pkg / "unused.py").write_text("U = 1\n")
+    (pkg / "presets" / "chap.yaml").write_text("smoke: {}\n")
+    (pkg / "presets" / "other.yaml").write_text("smoke: {}\n")
+    nbs = tmp_path / "notebooks"
+    nbs.mkdir()
+    (nbs / "10_chap.md").write_text(NB.replace("x = 1", "from fer_nb import used\nx = 1"))
+    monkeypatch.setattr(fingerprint, "PACKAGE", pkg)
+    monkeypatch.setattr(fingerprint, "NOTEBOOKS", nbs)
+    return pkg
+
+
+def test_chapter_fingerprint_covers_exactly_the_modules_it_can_reach(tmp_path, monkeypatch):
+    pkg = _fake_package(tmp_path, monkeypatch)
+    names = {p.relative_to(pkg).as_posix() for p in fingerprint.chapter_files("chap")}
+    # relative import, function-level import, parent __init__ files and the chapter's own preset
+    assert names == {"__init__.py", "used.py", "sub/__init__.py", "sub/deep.py", "lazy.py", "presets/chap.yaml"}
+    base = fingerprint.code_fingerprint("chap")["code"]
+    (pkg / "unused.py").write_text("U = 2\n")
+    (pkg / "presets" / "other.yaml").write_text("smoke: {epochs: 3}\n")
+    assert fingerprint.code_fingerprint("chap")["code"] == base  # unreachable code leaves it valid
+    (pkg / "lazy.py").write_text("L = 2\n")
+    assert fingerprint.code_fingerprint("chap")["code"] != base  # reachable code makes it stale
+
+
+def test_extra_sources_enter_the_fingerprint(tmp_path, monkeypatch):
+    pkg = _fake_package(tmp_path, monkeypatch)
+    script = tmp_path / "bench.py"
+    script.write_text("import fer_nb.unused\n")
+    assert pkg / "unused.py" in fingerprint.chapter_files("chap", [script])
+    with_script = fingerprint.code_fingerprint("chap", [script])["code"]
+    assert with_script != fingerprint.code_fingerprint("chap")["code"]
+    script.write_text("import fer_nb.unused\n# edited\n")
+    assert fingerprint.code_fingerprint("chap", [script])["code"] != with_script
+    (pkg / "unused.py").write_text("U = 3\n")
+    assert fingerprint.code_fingerprint("chap", [script])["code"] not in (with_script,)
+
+
+def test_a_chapter_that_is_not_python_falls_back_to_the_whole_package(tmp_path, monkeypatch):
+    pkg = _fake_package(tmp_path, monkeypatch)
+    (tmp_path / "notebooks" / "10_chap.md").write_text(NB.replace("x = 1", "!ls"))
+    assert set(fingerprint.chapter_files("chap")) == set(fingerprint.package_files())
+
+
+def test_fer_nb_has_no_dynamic_imports_the_closure_would_miss():
+    for path in fingerprint.package_files():
+        if path.suffix == ".py":
+            text = path.read_text(encoding="utf-8")
+            assert "import_module(" not in text and "__import__(" not in text, path
+
+
+def test_every_chapter_fingerprint_reaches_config_and_its_preset():
+    for nb in config.available_notebooks():
+        files = {p.relative_to(fingerprint.PACKAGE).as_posix() for p in fingerprint.chapter_files(nb)}
+        if fingerprint.notebook_source(nb) is not None:
+            assert {"config.py", "fingerprint.py", f"presets/{nb}.yaml"} <= files, nb
+
+
 def test_config_carries_the_fingerprint_of_its_chapter(tmp_path):
     cfg = config.resolve("nm_tuple", device="cpu", out_dir=tmp_path)
     assert cfg.code["notebook_file"] == "20_nm_tuple.md"

@@ -9,7 +9,7 @@ from fer_nb import toy2d
 from fer_nb.losses.angular_margin import AngularMarginLoss
 from fer_nb.losses.center import CenterLoss
 from fer_nb.losses.contrastive import ContrastiveLoss
-from fer_nb.losses.large_margin import LargeMarginLoss
+from fer_nb.losses.large_margin_loss import LargeMarginLoss
 from fer_nb.losses.softmax import SoftmaxLoss
 from fer_nb.losses.triplet import TripletLoss
 

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from fer_nb.losses.common import check_inputs, reduce, working_dtype
+from fer_nb.losses.common import check_inputs, check_reduction, reduce, working_dtype
 
 __all__ = ["NormFaceLoss", "normface_loop"]
 
@@ -45,8 +45,7 @@ class NormFaceLoss(nn.Module):
             raise ValueError(f"NormFaceLoss needs num_classes, embedding_dim >= 1, got {num_classes}, {embedding_dim}")
         if not scale > 0:
             raise ValueError(f"NormFaceLoss: scale must be > 0, got {scale}")
-        if reduction not in ("mean", "sum", "none"):
-            raise ValueError(f"NormFaceLoss: reduction must be mean, sum or none, got {reduction!r}")
+        check_reduction(reduction, "NormFaceLoss")
         self.embedding_dim, self.num_classes, self.reduction = int(embedding_dim), int(num_classes), reduction
         self.weight = nn.Parameter(torch.randn(num_classes, embedding_dim) / math.sqrt(embedding_dim))
         self.log_scale = nn.Parameter(torch.tensor(math.log(scale)), requires_grad=bool(learn_scale))

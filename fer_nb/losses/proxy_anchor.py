@@ -23,7 +23,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from fer_nb.losses.common import check_inputs, working_dtype
+from fer_nb.losses.common import check_inputs, check_reduction, working_dtype
 
 __all__ = ["ProxyAnchorLoss", "proxy_anchor_loop"]
 
@@ -51,9 +51,7 @@ class ProxyAnchorLoss(nn.Module):
                              f"{embedding_dim}")
         if not alpha > 0:
             raise ValueError(f"ProxyAnchorLoss: alpha must be > 0, got {alpha}")
-        if reduction not in ("mean", "sum"):
-            raise ValueError(f"ProxyAnchorLoss: reduction must be 'mean' or 'sum' (terms are per proxy), "
-                             f"got {reduction!r}")
+        check_reduction(reduction, "ProxyAnchorLoss (its terms are per proxy, so no 'none')", ("mean", "sum"))
         self.embedding_dim, self.num_classes = int(embedding_dim), int(num_classes)
         self.alpha, self.margin, self.reduction = float(alpha), float(margin), reduction
         self.proxies = nn.Parameter(torch.randn(num_classes, embedding_dim) * math.sqrt(2.0 / num_classes))

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from fer_nb.losses.common import check_inputs, reduce, working_dtype
+from fer_nb.losses.common import check_inputs, check_reduction, reduce, working_dtype
 from fer_nb.losses.distances import pairwise_distances
 
 __all__ = ["ProxyNCALoss", "proxy_nca_loop"]
@@ -54,8 +54,7 @@ class ProxyNCALoss(nn.Module):
                              f"{embedding_dim}")
         if not scale > 0:
             raise ValueError(f"ProxyNCALoss: scale must be > 0, got {scale}")
-        if reduction not in ("mean", "sum", "none"):
-            raise ValueError(f"ProxyNCALoss: reduction must be mean, sum or none, got {reduction!r}")
+        check_reduction(reduction, "ProxyNCALoss")
         self.embedding_dim, self.num_classes = int(embedding_dim), int(num_classes)
         self.scale, self.include_positive, self.normalize = float(scale), bool(include_positive), bool(normalize)
         self.reduction = reduction

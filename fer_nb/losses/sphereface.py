@@ -32,7 +32,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from fer_nb.losses.common import check_inputs, reduce, working_dtype
+from fer_nb.losses.common import check_inputs, check_reduction, reduce, working_dtype
 
 __all__ = ["SphereFaceLoss", "psi", "sphereface_loop"]
 
@@ -73,8 +73,7 @@ class SphereFaceLoss(nn.Module):
             raise ValueError(f"SphereFaceLoss: margin m must be an integer >= 1 (the paper uses 4), got {margin}")
         if lam < 0 or not scale > 0:
             raise ValueError(f"SphereFaceLoss: lam must be >= 0 and scale > 0, got {lam}, {scale}")
-        if reduction not in ("mean", "sum", "none"):
-            raise ValueError(f"SphereFaceLoss: reduction must be mean, sum or none, got {reduction!r}")
+        check_reduction(reduction, "SphereFaceLoss")
         self.embedding_dim, self.num_classes = int(embedding_dim), int(num_classes)
         self.margin, self.lam, self.scale, self.reduction = int(margin), float(lam), float(scale), reduction
         self.weight = nn.Parameter(torch.randn(num_classes, embedding_dim) / math.sqrt(embedding_dim))

@@ -45,7 +45,7 @@ from fer_nb.losses.caf_critic import CAFCriticLoss, collapse_eigenvalue
 from fer_nb.losses.fisher_ipm import FisherIPMLoss
 from fer_nb.losses.mmd_critic import MMDCriticLoss
 from fer_nb.losses.va_regression import VARegressionLoss
-from fer_nb.models.caf import CAFNet
+from fer_nb.models.caf_net import CAFNet
 from fer_nb.seed import seed_everything
 
 ROW = {"none": "no critic", "fisher": "FisherGAN", "gramnet": "GramNet", "mmd": "MMD",
@@ -107,7 +107,7 @@ def grouping_masks(va: torch.Tensor, grouping: str = "otsu") -> tuple[torch.Tens
 
 
 class CAFSteps:
-    """The three updates of Algorithm 1 for one :class:`~fer_nb.models.caf.CAFNet` (module docstring).
+    """The three updates of Algorithm 1 for one :class:`~fer_nb.models.caf_net.CAFNet` (module docstring).
 
     Args:
         model: encoder + regressor (+ critic).

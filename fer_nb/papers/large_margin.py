@@ -1,6 +1,6 @@
 """Racoviteanu et al. (BMVC 2019): the large-margin training step and the experiment loop.
 
-What the paper adds on top of the losses (:mod:`fer_nb.losses.large_margin`, center, island):
+What the paper adds on top of the losses (:mod:`fer_nb.losses.large_margin_loss`, center, island):
 
 * :func:`supervision_and_targets` - the supervised term on the labelled rows and the classes the
   embedding loss uses for *every* row: Table 1 (Sec. 3.1, SSL) the true labels and, for the
@@ -31,7 +31,7 @@ from fer_nb.data.schema import FaceArrays
 from fer_nb.device import autocast
 from fer_nb.losses.center import CenterLoss
 from fer_nb.losses.island import IslandLoss
-from fer_nb.losses.large_margin import LargeMarginLoss, normalise
+from fer_nb.losses.large_margin_loss import LargeMarginLoss, normalise
 from fer_nb.models.large_margin_net import LargeMarginNet
 from fer_nb.seed import seed_everything
 

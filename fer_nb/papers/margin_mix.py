@@ -14,7 +14,7 @@ Per step (line numbers of Algorithm 1):
    ``lambda' = max(lambda, 1 - lambda)``;
 4. (15-16) total loss Eq. 10, ``L = L_S + lambda_M (L_M1 + lambda_u L_M2)``: ``L_S`` the (soft)
    cross entropy on the mixed labelled part, ``L_M1`` / ``L_M2`` the large-margin loss
-   (:class:`~fer_nb.losses.margin_mix.MarginMixLoss`, squared Euclidean, soft targets) of the
+   (:class:`~fer_nb.losses.margin_mix_loss.MarginMixLoss`, squared Euclidean, soft targets) of the
    mixed labelled / unlabelled embeddings against the centroids; ``lambda_u`` ramps up linearly
    (as MixMatch's weight does). Weight decay: decoupled, through the weight EMA (MixMatch's code,
    which Margin-Mix was developed from).
@@ -43,8 +43,8 @@ from torch.nn import functional as F
 from fer_nb import fast
 from fer_nb.data.augment import Augment
 from fer_nb.data.schema import FaceArrays
-from fer_nb.losses.large_margin import normalise
-from fer_nb.losses.margin_mix import MarginMixLoss, pairwise_sq_distances
+from fer_nb.losses.large_margin_loss import normalise
+from fer_nb.losses.margin_mix_loss import MarginMixLoss, pairwise_sq_distances
 from fer_nb.metrics import accuracy, mean_per_class_accuracy
 from fer_nb.models.wrn import WideResNet
 from fer_nb.seed import seed_everything
