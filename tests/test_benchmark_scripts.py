@@ -57,3 +57,26 @@ def test_ferplus_baseline_runs_on_the_fixture(tmp_path):
     assert saved["config"]["hp"]["depth"] == 28 and saved["config"]["hp"]["widen_factor"] == 2
     assert saved["summary"]["n_train"] == 32 and saved["summary"]["steps"] == 1
     assert 0 <= payload["summary"]["acc"] <= 100 and saved["provenance"]["dataset"] == "ferplus"
+
+
+def test_train_and_test_is_the_chapters_run_one(tmp_path):
+    """train_and_test trains through margin_mix.run_one (supervised, no checkpoint): the same accuracy,
+    and a confusion matrix that is the row-normalised count of run_one's predictions; nothing written."""
+    from fer_nb import config
+    from fer_nb.data import synthfacs
+    from fer_nb.papers import margin_mix as mm
+
+    cfg = config.resolve("margin_mix", "small", "ferplus", str(tmp_path), "cpu", 1, str(tmp_path / "run"),
+                         steps=3, epochs=1, ema_decay=0.97)
+    common = dict(image_size=32, class_priors="ferplus", channels=1, with_contempt=True, domain="lab")
+    train = synthfacs.generate(64, seed=11, n_subjects=40, subject_offset=0, **common)
+    test = synthfacs.generate(32, seed=12, n_subjects=20, subject_offset=40, **common)
+    got = svf.train_and_test(cfg, train, test, 16, 0)
+    ref = mm.run_one(cfg, {"table3": (train, test)}, "table3", "supervised", 16, 0, checkpoint=False)
+    assert (got["acc"], got["mean_acc"]) == (ref["acc"], ref["mean_acc"])
+    counts = torch.zeros(8, 8, dtype=torch.float64)
+    for t, p in zip(test.labels["expression"].tolist(), ref["predictions"].tolist()):
+        counts[t, p] += 1
+    rows = counts / counts.sum(1, keepdim=True).clamp_min(1)
+    assert torch.allclose(torch.tensor(got["confusion"], dtype=torch.float64), rows, atol=5e-4)
+    assert not (tmp_path / "run" / "checkpoints").exists()

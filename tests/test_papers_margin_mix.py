@@ -229,5 +229,116 @@ def test_bad_inputs_name_the_fix(tmp_path):
         MarginMix(Tiny(), 3, self_label="fuzzy")
     with pytest.raises(ValueError, match="embedding_dim"):
         MarginMix(nn.Linear(4, 3), 3)
+    cfg = config.resolve("margin_mix", "smoke", device="cpu", out_dir=str(tmp_path))
     with pytest.raises(ValueError, match="unknown method"):
-        mm.build_method(config.resolve("margin_mix", "smoke", device="cpu", out_dir=str(tmp_path)), "pimodel", Tiny(), 3)
+        mm.build_method(cfg, "pimodel", Tiny(), 3)
+    with pytest.raises(ValueError, match="supervised takes no overrides besides ema_decay"):
+        mm.build_method(cfg, "supervised", Tiny(), 3, T=0.5)
+
+
+# ------------------------------------------------------------- run_one's predictions, Tables 1-2 MixMatch settings
+
+
+def _toy_benchmark(n_train=24, n_test=8, C=4, seed=0):
+    """A colour 32 px stand-in for a balanced benchmark (CIFAR-like), classes cycling 0..C-1."""
+    from fer_nb.data.schema import FaceArrays
+
+    g = torch.Generator().manual_seed(seed)
+    names = tuple(f"c{i}" for i in range(C))
+    make = lambda n, name: FaceArrays(torch.randint(0, 256, (n, 3, 32, 32), generator=g, dtype=torch.uint8),
+                                      {"expression": torch.arange(n) % C}, name, names)
+    return make(n_train, "toy-train"), make(n_test, "toy-test")
+
+
+def _record_steps(monkeypatch):
+    """Wrap MixMatch's and MarginMix's train_step: record the hyper-parameters each step runs with."""
+    from fer_nb.ssl import MixMatch
+
+    seen = []
+    for cls in (MixMatch, MarginMix):
+        orig = cls.train_step
+
+        def step(self, batch, ctx, _orig=orig):
+            seen.append((self.name, {"T": self.T, "K": self.K, "alpha": self.alpha, "lambda_u": self.lambda_u}))
+            return _orig(self, batch, ctx)
+
+        monkeypatch.setattr(cls, "train_step", step)
+    return seen
+
+
+def test_mixmatch_benchmark_table_is_berthelots():
+    """Berthelot et al. 2019 (official runs/table{1,2,5,6}.sh): T 0.5, K 2, alpha 0.75; lambda_u per benchmark."""
+    assert mm.MIXMATCH_BENCHMARK_HP == {
+        "cifar10": {"T": 0.5, "K": 2, "alpha": 0.75, "lambda_u": 75.0},
+        "cifar100": {"T": 0.5, "K": 2, "alpha": 0.75, "lambda_u": 150.0},
+        "svhn": {"T": 0.5, "K": 2, "alpha": 0.75, "lambda_u": 250.0},
+        "stl10": {"T": 0.5, "K": 2, "alpha": 0.75, "lambda_u": 50.0},
+    }
+    assert set(mm.MIXMATCH_BENCHMARK_HP) == set(mm.SSL_BUDGETS)      # every Tables 1-2 benchmark has settings
+    hp = mm.mixmatch_benchmark_hp("cifar10")
+    hp["lambda_u"] = 0.0                                              # a copy: the table cannot be edited through it
+    assert mm.MIXMATCH_BENCHMARK_HP["cifar10"]["lambda_u"] == 75.0
+
+
+@pytest.mark.parametrize("dataset, lambda_u", [("cifar10", 75.0), ("cifar100", 150.0), ("svhn", 250.0),
+                                               ("stl10", 50.0)])
+def test_ssl_tables_run_mixmatch_with_the_benchmarks_settings(dataset, lambda_u, tmp_path, monkeypatch):
+    """run_ssl_table (Tables 1-2): every MixMatch step runs with T 0.5, K 2, alpha 0.75 and the
+    benchmark's lambda_u; Margin-Mix keeps the preset's T 0.25 and lambda_u 0.4."""
+    seen = _record_steps(monkeypatch)
+    cfg = config.resolve("margin_mix", "smoke", dataset, str(tmp_path / "data"), "cpu", 1, str(tmp_path / "run"),
+                         steps=2, epochs=1, batch_size=4, recal_batches=1)
+    (table,) = mm.table_budgets(cfg)
+    rows = mm.run_ssl_table(cfg, {table: _toy_benchmark()}, table, [8])
+    assert set(rows) == {"MixMatch", "MarginMix"} and f"{dataset}_8" in rows["MixMatch"]
+    mix = [hp for name, hp in seen if name == "mixmatch"]
+    marg = [hp for name, hp in seen if name == "margin_mix"]
+    assert len(mix) == 2 and len(marg) == 2
+    assert all(hp == {"T": 0.5, "K": 2, "alpha": 0.75, "lambda_u": lambda_u} for hp in mix)
+    assert all(hp == {"T": 0.25, "K": 2, "alpha": 0.75, "lambda_u": 0.4} for hp in marg)
+
+
+def test_fer_tables_keep_the_presets_mixmatch_settings(tmp_path, monkeypatch):
+    """Tables 3-4 (run_fer_table): MixMatch runs with the preset's T and lambda_u_mixmatch (the
+    Margin-Mix paper's T = 0.25 on FER data), not with a benchmark's; an HP override reaches the step."""
+    pre = config.load_presets("margin_mix")
+    assert all((pre[s]["T"], pre[s]["lambda_u_mixmatch"]) == (0.25, 75.0) for s in ("smoke", "small", "gpu", "paper"))
+    for over, (T, lam) in (({}, (0.25, 75.0)), ({"T": 0.3, "lambda_u_mixmatch": 33.0}, (0.3, 33.0))):
+        seen = _record_steps(monkeypatch)
+        cfg = config.resolve("margin_mix", "smoke", device="cpu", out_dir=str(tmp_path / f"run{len(over)}"),
+                             n_train=48, n_test=16, steps=1, epochs=1, batch_size=4, recal_batches=1, **over)
+        data = mm.load_data(cfg)
+        mm.run_fer_table(cfg, data, "table3", [16], [0], log=lambda *a: None)
+        (hp,) = [hp for name, hp in seen if name == "mixmatch"]
+        assert hp == {"T": T, "K": 2, "alpha": 0.75, "lambda_u": lam}
+        monkeypatch.undo()
+
+
+def test_unknown_ssl_benchmark_is_an_error_before_training(tmp_path, monkeypatch):
+    cfg = config.resolve("margin_mix", "smoke", device="cpu", out_dir=str(tmp_path))
+    monkeypatch.setattr(mm, "run_one", lambda *a, **k: pytest.fail("trained before checking the benchmark"))
+    with pytest.raises(ValueError, match="MIXMATCH_BENCHMARK_HP.*run_fer_table"):
+        mm.run_ssl_table(cfg, {}, "table1", [250])
+    with pytest.raises(ValueError, match="cifar10, cifar100, svhn, stl10"):
+        mm.mixmatch_benchmark_hp("imagenet")
+
+
+def test_run_one_returns_its_test_predictions_with_or_without_checkpoint(tmp_path):
+    """``predictions`` is the argmax per test image behind ``acc``/``pred_hist``; checkpoint=False
+    trains the same steps (same numbers, same predictions) and writes no file."""
+    from fer_nb.metrics import accuracy
+
+    kw = dict(n_train=48, n_test=16, steps=2, epochs=2, batch_size=4, recal_batches=1)
+    cfg = config.resolve("margin_mix", "smoke", device="cpu", out_dir=str(tmp_path / "a"), **kw)
+    data = mm.load_data(cfg)
+    r = mm.run_one(cfg, data, "table3", "mixmatch", 16, 0)
+    pred, yt = r["predictions"], data["table3"][1].labels["expression"]
+    assert isinstance(pred, np.ndarray) and pred.dtype == np.int64 and pred.shape == (16,)
+    assert np.bincount(pred, minlength=8).tolist() == r["pred_hist"]
+    assert r["acc"] == 100 * accuracy(torch.from_numpy(pred), yt)
+    assert list((tmp_path / "a" / "checkpoints").glob("*.pt"))
+    cfg_b = config.resolve("margin_mix", "smoke", device="cpu", out_dir=str(tmp_path / "b"), **kw)
+    r2 = mm.run_one(cfg_b, data, "table3", "mixmatch", 16, 0, checkpoint=False)
+    assert not (tmp_path / "b" / "checkpoints").exists()
+    assert {k: v for k, v in r.items() if k != "predictions"} == {k: v for k, v in r2.items() if k != "predictions"}
+    assert np.array_equal(r["predictions"], r2["predictions"])

@@ -28,8 +28,10 @@ paper's text does not say whether its code kept it. All forward passes run under
 RAF-DB class priors, or the real datasets; FER+ keeps its 8 classes, contempt included),
 :func:`table_budgets` (which table runs with which label budgets; ``"all"`` = the whole pool,
 the paper's "All" column, keyed ``acc_all``), :func:`run_one` (one method x budget x seed through
-:func:`fer_nb.train.fit_or_load`, BN recalibrated, evaluated), :func:`run_fer_table`,
-:func:`run_ablation` (Table 5), :func:`run_ssl_table` (Tables 1-2) and :func:`ordering_summary`.
+:func:`fer_nb.train.fit_or_load`, BN recalibrated, evaluated; it also returns the test predictions),
+:func:`run_fer_table`, :func:`run_ablation` (Table 5), :func:`run_ssl_table` (Tables 1-2, MixMatch
+with Berthelot et al.'s per-benchmark settings, :data:`MIXMATCH_BENCHMARK_HP`) and
+:func:`ordering_summary`.
 """
 from __future__ import annotations
 
@@ -52,7 +54,7 @@ from fer_nb.ssl import (MeanTeacher, MixMatch, PairedBatches, Supervised, balanc
                         predict_classes, recalibrate_bn)
 from fer_nb.ssl.mixmatch import SSLMethod, linear_rampup
 from fer_nb.ssl.mixup import guess_labels, mixup, sample_lambda, sharpen, soft_cross_entropy
-from fer_nb.train import checkpoint_path, fit_or_load
+from fer_nb.train import checkpoint_path, fit, fit_or_load
 
 
 def fuzzy_cmeans_labels(d2: torch.Tensor, class_mask: torch.Tensor | None = None, m: float = 2.0,
@@ -208,6 +210,24 @@ METHOD_ROWS = {"supervised": "Supervised WideResNet", "mean_teacher": "MeanTeach
 FER_TABLES = {"table3": ("ferplus", 1, True), "table4": ("rafdb", 3, False)}
 #: Tables 1-2 label budgets per balanced benchmark
 SSL_BUDGETS = {"cifar10": [250, 1000, 4000], "cifar100": [10000], "svhn": [1000, 4000], "stl10": [1000, 5000]}
+MIXMATCH_BENCHMARK_HP = {
+    "cifar10": {"T": 0.5, "K": 2, "alpha": 0.75, "lambda_u": 75.0},
+    "cifar100": {"T": 0.5, "K": 2, "alpha": 0.75, "lambda_u": 150.0},
+    "svhn": {"T": 0.5, "K": 2, "alpha": 0.75, "lambda_u": 250.0},
+    "stl10": {"T": 0.5, "K": 2, "alpha": 0.75, "lambda_u": 50.0},
+}
+"""MixMatch's hyper-parameters on the balanced benchmarks of Tables 1-2, per benchmark.
+
+Berthelot et al., "MixMatch: A Holistic Approach to Semi-Supervised Learning" (NeurIPS 2019),
+Section 4.1 and their official code (google-research/mixmatch: ``T = 0.5`` and ``K = nu = 2`` fixed
+in ``mixmatch.py``; ``--beta=0.75`` and ``--w_match`` 75 for CIFAR-10 in ``runs/table5.sh``, 150
+for CIFAR-100 in ``runs/table1.sh``, 250 for SVHN in ``runs/table6.sh``, 50 for STL-10 in
+``runs/table2.sh``): sharpening ``T``, unlabelled augmentations ``K``, MixUp ``alpha`` and the
+unlabelled loss weight ``lambda_u``. Tables 1-2 of Margin-Mix compare against MixMatch on these
+benchmarks; the Margin-Mix paper lowered ``T`` from 0.5 to 0.25 for the FER datasets only
+(Section 5), so Tables 3-4 keep the preset's ``T`` and ``lambda_u_mixmatch``. Read through
+:func:`mixmatch_benchmark_hp`; :func:`run_ssl_table` passes them to MixMatch's step.
+"""
 #: Table 5 rows: preset short name -> (paper row, MarginMix overrides)
 ABLATIONS = {
     "T0.5": ("Sharpening T=0.5", {"T": 0.5}), "T0": ("No sharpening T=0", {"T": 0.0}),
@@ -267,31 +287,56 @@ def load_data(cfg) -> dict[str, tuple[FaceArrays, FaceArrays]]:
     return out
 
 
+def mixmatch_benchmark_hp(dataset: str) -> dict:
+    """MixMatch's ``{T, K, alpha, lambda_u}`` for a Tables 1-2 benchmark (:data:`MIXMATCH_BENCHMARK_HP`,
+    Berthelot et al. 2019); an unknown benchmark is an error naming the known ones."""
+    if dataset not in MIXMATCH_BENCHMARK_HP:
+        raise ValueError(f"no MixMatch settings for benchmark {dataset!r}: Tables 1-2 run on "
+                         f"{', '.join(MIXMATCH_BENCHMARK_HP)} (add it to MIXMATCH_BENCHMARK_HP with Berthelot et "
+                         f"al.'s values); FER data (synthfacs, ferplus, rafdb) runs Tables 3-4 through run_fer_table, "
+                         f"with the preset's T and lambda_u_mixmatch")
+    return dict(MIXMATCH_BENCHMARK_HP[dataset])
+
+
 def build_method(cfg, method: str, model: nn.Module, num_classes: int, **over) -> SSLMethod:
-    """One of :data:`METHODS` with the preset's hyper-parameters (``over`` replaces MarginMix ones)."""
+    """One of :data:`METHODS` with the preset's hyper-parameters; ``over`` replaces MixMatch's
+    (``T``, ``K``, ``alpha``, ``lambda_u``, ``rampup``) or MarginMix's keyword arguments
+    (``ema_decay`` for every method). The supervised baseline and Mean Teacher take no other overrides."""
     hp = cfg.hp
     common = {"lr": hp["lr"], "ema_decay": over.pop("ema_decay", hp["ema_decay"]), "weight_decay": 0.02 * hp["lr"],
               "augment": Augment(flip=cfg.dataset != "svhn", pad=hp["image_size"] // 8)}
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; use one of {sorted(METHODS)}")
+    if method in ("supervised", "mean_teacher") and over:
+        raise ValueError(f"{method} takes no overrides besides ema_decay, got {sorted(over)}; overrides apply to "
+                         f"mixmatch and margin_mix (set the preset's hyper-parameters through HP instead)")
     if method == "supervised":
         return Supervised(model, num_classes, mixup_alpha=hp["alpha"], **common)
     if method == "mean_teacher":
         return MeanTeacher(model, num_classes, consistency=hp["mt_consistency"], rampup=hp["rampup"], **common)
     if method == "mixmatch":
-        return MixMatch(model, num_classes, T=hp["T"], K=hp["K"], alpha=hp["alpha"], lambda_u=hp["lambda_u_mixmatch"],
-                        rampup=hp["rampup"], **common)
-    if method != "margin_mix":
-        raise ValueError(f"unknown method {method!r}; use one of {sorted(METHODS)}")
+        kw = {"T": hp["T"], "K": hp["K"], "alpha": hp["alpha"], "lambda_u": hp["lambda_u_mixmatch"],
+              "rampup": hp["rampup"], **over}
+        return MixMatch(model, num_classes, **kw, **common)
     kw = {"T": hp["T"], "K": hp["K"], "alpha": hp["alpha"], "lambda_M": hp["lambda_M"], "lambda_u": hp["lambda_u"],
           "centroid_lr": hp["centroid_lr"], "rampup": hp["rampup"], **over}
     return MarginMix(model, num_classes, **kw, **common)
 
 
-def run_one(cfg, data: dict, table: str, method: str, n_labels: int | str, seed: int, **over) -> dict:
-    """Train one (method, label budget, seed) run (checkpointed; a re-run loads it) and evaluate the
-    EMA model after recalibrating its BN statistics on training images.
+def run_one(cfg, data: dict, table: str, method: str, n_labels: int | str, seed: int, *, checkpoint: bool = True,
+            **over) -> dict:
+    """Train one (method, label budget, seed) run on ``data[table] = (pool, test)`` and evaluate the
+    EMA model after recalibrating its BN statistics on training images (:func:`evaluate`).
+
+    ``over`` goes to :func:`build_method` (Table 5's ablations, Tables 1-2's MixMatch settings) and
+    into the run hash. ``checkpoint=True`` trains through :func:`fer_nb.train.fit_or_load` (a re-run
+    with the same hash loads the run); ``checkpoint=False`` trains the same steps through
+    :func:`fer_nb.train.fit` and writes nothing, for callers whose data the run hash does not
+    identify (``benchmarks/synthfacs_vs_ferplus.py`` trains on data it generates itself).
 
     Returns ``acc``, ``mean_acc`` (%), ``nc`` (one class takes >= 98 % of the test predictions),
-    ``pred_hist`` and the last training ``loss``."""
+    ``pred_hist``, ``predictions`` (the predicted class per test image, ``int64`` numpy array in
+    test-set order) and the last training ``loss``."""
     hp = cfg.hp
     train, test = data[table]
     C = train.num_classes
@@ -304,22 +349,34 @@ def run_one(cfg, data: dict, table: str, method: str, n_labels: int | str, seed:
                                     bn_momentum=hp["bn_momentum"]), cfg.device)
     m = build_method(cfg, method, model, C, **dict(over))
     pool = unl if (method != "supervised" and len(unl)) else None
-    rh = cfg.run_hash(table=table, method=method, n=n_labels, seed=seed, over=sorted(over.items()))
-    hist = fit_or_load(
-        checkpoint_path(cfg.out_dir, f"{table}-{method}-{n_labels}-s{seed}", rh), rh,
-        modules={"model": model}, optimizers=m.optimizers(), train_step=m.train_step,
-        train_batches=lambda ep: PairedBatches(lab, pool, hp["batch_size"], hp["steps"], seed, ep, cfg.device),
-        epochs=hp["epochs"], extra_state=m.extra_state(), steps_per_epoch=hp["steps"],
-        desc=f"{table} {method} n={n_labels} s{seed}")
-    em = m.eval_model
+    run = dict(modules={"model": model}, optimizers=m.optimizers(), train_step=m.train_step,
+               train_batches=lambda ep: PairedBatches(lab, pool, hp["batch_size"], hp["steps"], seed, ep, cfg.device),
+               epochs=hp["epochs"], extra_state=m.extra_state(), steps_per_epoch=hp["steps"],
+               desc=f"{table} {method} n={n_labels} s{seed}")
+    if checkpoint:
+        rh = cfg.run_hash(table=table, method=method, n=n_labels, seed=seed, over=sorted(over.items()))
+        hist = fit_or_load(checkpoint_path(cfg.out_dir, f"{table}-{method}-{n_labels}-s{seed}", rh), rh, **run)
+    else:
+        hist = fit(**run)
+    return {**evaluate(cfg, m.eval_model, train, test, seed), "loss": hist.last().get("train/loss", float("nan"))}
+
+
+def evaluate(cfg, model: nn.Module, train: FaceArrays, test: FaceArrays, seed: int) -> dict:
+    """Recalibrate ``model``'s BN statistics on ``recal_batches`` shuffled training batches of
+    ``4 x batch_size`` (generator seeded by ``seed``), then classify ``test``.
+
+    Returns ``acc``, ``mean_acc`` (%), ``nc`` (the papers' "not converged": one class takes >= 98 %
+    of the predictions), ``pred_hist`` (predictions per class) and ``predictions`` (the predicted
+    class per test image, ``int64`` numpy array in test-set order)."""
+    hp, C = cfg.hp, train.num_classes
     recal = train.batches(4 * hp["batch_size"], shuffle=True, generator=torch.Generator().manual_seed(seed),
                           device=cfg.device)
-    recalibrate_bn(em, (b["image"] for b in recal), max_batches=hp["recal_batches"])
-    pred = predict_classes(em, test, 256, cfg.device)
+    recalibrate_bn(model, (b["image"] for b in recal), max_batches=hp["recal_batches"])
+    pred = predict_classes(model, test, 256, cfg.device)
     yt = test.labels["expression"].cpu()
     return {"acc": 100 * accuracy(pred, yt), "mean_acc": 100 * mean_per_class_accuracy(pred, yt, C),
             "nc": collapsed(pred, C), "pred_hist": torch.bincount(pred, minlength=C).tolist(),
-            "loss": hist.last().get("train/loss", float("nan"))}
+            "predictions": pred.numpy()}
 
 
 def _cell(runs: list[dict], key: str) -> dict:
@@ -357,11 +414,17 @@ def run_ablation(cfg, data: dict, results: dict) -> dict:
 
 
 def run_ssl_table(cfg, data: dict, table: str, budgets: list) -> dict:
-    """Tables 1-2 (balanced benchmarks on disk): MixMatch and Margin-Mix error (%) per budget."""
+    """Tables 1-2 (balanced benchmarks on disk): MixMatch and Margin-Mix error (%) per budget.
+
+    MixMatch runs with Berthelot et al.'s settings for ``cfg.dataset`` (:data:`MIXMATCH_BENCHMARK_HP`:
+    ``T = 0.5``, ``K = 2``, ``alpha = 0.75``, ``lambda_u`` 75 / 150 / 250 / 50 for CIFAR-10 / CIFAR-100 /
+    SVHN / STL-10), not the preset's FER values (the Margin-Mix paper lowered ``T`` to 0.25 for FER
+    only); Margin-Mix keeps the preset's (the paper, Section 4: ``lambda_M = 1``, ``lambda_u = 0.4``)."""
+    settings = {"mixmatch": mixmatch_benchmark_hp(cfg.dataset), "margin_mix": {}}   # unknown benchmark: error first
     rows = {}
     for method, row in (("mixmatch", "MixMatch"), ("margin_mix", "MarginMix")):
         for n in budgets:
-            err = [100 - run_one(cfg, data, table, method, n, s)["acc"] for s in cfg.seeds]
+            err = [100 - run_one(cfg, data, table, method, n, s, **settings[method])["acc"] for s in cfg.seeds]
             rows.setdefault(row, {})[f"{cfg.dataset}_{n}"] = float(np.mean(err))
             rows[row][f"{cfg.dataset}_{n}_std"] = float(np.std(err, ddof=1)) if len(err) > 1 else 0.0
     return rows
