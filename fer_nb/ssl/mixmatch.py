@@ -52,7 +52,8 @@ def balanced_label_split(labels: torch.Tensor, n_labelled: int, num_classes: int
     """Indices ``(labelled, unlabelled)``: ``n_labelled`` as balanced over classes as possible.
 
     Each class gives ``min(n / C, available)`` images; a shortfall is filled at random from the
-    remaining images. ``n_labelled >= len(labels)`` (the "All" column) labels everything.
+    remaining labelled images (never from ``-1`` rows; too few labelled images is an error).
+    ``n_labelled >= len(labels)`` (the "All" column) labels everything.
     """
     n = labels.shape[0]
     if n_labelled <= 0:
@@ -69,9 +70,14 @@ def balanced_label_split(labels: torch.Tensor, n_labelled: int, num_classes: int
     chosen = order[take]
     rest = order[~take]
     short = n_labelled - chosen.numel()
-    if short > 0:
-        chosen = torch.cat([chosen, rest[:short]])
-        rest = rest[short:]
+    if short > 0:  # fill from the remaining *labelled* images, in the random order
+        fill = (labels[rest] >= 0).nonzero().squeeze(1)[:short]
+        if fill.numel() < short:
+            raise ValueError(f"n_labelled={n_labelled} but only {chosen.numel() + fill.numel()} images have a label "
+                             f"(the others are -1); ask for at most that many")
+        keep = torch.ones(rest.shape[0], dtype=torch.bool, device=rest.device)
+        keep[fill] = False
+        chosen, rest = torch.cat([chosen, rest[fill]]), rest[keep]
     return chosen, rest
 
 
