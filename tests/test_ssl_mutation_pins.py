@@ -207,3 +207,49 @@ def test_steps_with_mixup_run_on_cuda():
                      "u_image": torch.randn(4, 3, device=dev)}
             out = method.train_step(batch, SimpleNamespace(step=0, epoch=0, progress=0.5))
             assert all(v.device.type == "cuda" for v in out.values())
+
+
+# ------------------------------------------------- third mutation run: what the trampolines hid ---
+# mutmut calls the mutated function through a trampoline that keeps the original signature, so
+# the defaults are pinned by behaviour (the attributes set), not by inspect.signature.
+
+def test_default_hyperparameters_reach_the_objects():
+    mm = MixMatch(_net(), 2)
+    assert (mm.T, mm.K, mm.alpha, mm.lambda_u, mm.rampup) == (0.5, 2, 0.75, 75.0, 0.016)
+    mt = MeanTeacher(_net(), 2)
+    assert (mt.consistency, mt.rampup, mt.ema.alpha) == (10.0, 0.3, 0.99)
+    assert Supervised(_net(), 2).mixup_alpha == 0.75
+    base = Supervised(_net(), 2)
+    assert base.ema.alpha == 0.999 and base.ema.weight_decay == 0.0
+    assert base.optimizer.param_groups[0]["lr"] == 0.002
+
+
+def test_mean_teacher_without_a_teacher_says_so():
+    with pytest.raises(ValueError, match=re.escape("Mean Teacher needs a teacher: ema_decay must be a number in (0, 1)")):
+        MeanTeacher(_net(), 2, ema_decay=None)
+
+
+def test_mean_teacher_forwards_the_teacher_under_autocast(monkeypatch):
+    """The teacher's forward runs under the same bf16 autocast as the student's (CPU bf16 mode)."""
+    monkeypatch.setenv("FER_NB_CPU_BF16", "1")
+    net = nn.Sequential(nn.Flatten(), nn.Linear(3, 2))
+    mt = MeanTeacher(net, 2, augment=lambda x: x)
+    seen = []
+    mt.ema_model.register_forward_hook(lambda mod, inp, out: seen.append(out.dtype))
+    mt.train_step({"image": torch.randn(4, 3), "expression": torch.tensor([0, 1, 0, 1]), "u_image": torch.randn(4, 3)},
+                  SimpleNamespace(step=0, epoch=0, progress=0.5))
+    assert seen == [torch.bfloat16]
+
+
+def test_base_method_names_its_module_and_its_missing_step():
+    m = SSLMethod(_net(), 2)
+    assert list(m.modules()) == ["model"] and m.modules()["model"] is m.model
+    with pytest.raises(NotImplementedError, match="^SSLMethod must implement train_step$"):
+        m.train_step({}, SimpleNamespace())
+
+
+def test_load_json_reads_what_save_json_wrote(tmp_path):
+    from fer_nb import io
+
+    path = io.save_json({"a": [1, 2.5], "b": "x"}, tmp_path / "m.json")
+    assert io.load_json(path) == {"a": [1, 2.5], "b": "x"}
