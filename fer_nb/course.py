@@ -14,13 +14,14 @@ the mathematics, not the plumbing.
 from __future__ import annotations
 
 import math
+import re
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 import torch
 
-from fer_nb import reality_check, report
+from fer_nb import miners, reality_check, report, retrieval, toy2d, train
 from fer_nb.losses.circle import CircleLoss, circle_loop
 from fer_nb.losses.lifted_structure import LiftedStructureLoss, lifted_structure_loop
 from fer_nb.losses.multi_similarity import MultiSimilarityLoss, multi_similarity_loop
@@ -30,6 +31,8 @@ from fer_nb.losses.proxy_anchor import ProxyAnchorLoss, proxy_anchor_loop
 from fer_nb.losses.proxy_nca import ProxyNCALoss, proxy_nca_loop
 from fer_nb.losses.sphereface import SphereFaceLoss, sphereface_loop
 from fer_nb.losses.supcon import SupConLoss, supcon_loop
+from fer_nb.papers.nm_tuple import spearman
+from fer_nb.seed import seed_everything
 
 __all__ = ["METRIC_COLS", "course_batch", "course_losses", "fmt", "frame_to_dict", "loop_reference_table",
            "mined_triplet_table", "pml_cross_check_table", "protocol_table", "rank_correlation",
@@ -173,10 +176,11 @@ def reality_check_splits(cfg: Any) -> tuple[dict, str]:
 
 
 def fmt(stats: Mapping[str, Any], col: str, n_seeds: int) -> str:
-    """``"mean ± std"`` of ``col`` (``"mean"`` for one seed, ``"nc"`` when not converged)."""
+    """``"mean ± std"`` of ``col`` by :func:`fer_nb.report.fmt_mean_std` (the mean alone for one
+    seed, ``"nc"`` when not converged)."""
     if stats.get(col) == "nc":
         return "nc"
-    return f"{stats[col]:.1f} ± {stats[col + '_std']:.1f}" if n_seeds > 1 else f"{stats[col]:.1f}"
+    return str(report.fmt_mean_std(stats[col], stats[col + "_std"] if n_seeds > 1 else None))
 
 
 def protocol_table(rc: Mapping[str, Any], losses: Sequence[str]) -> dict[str, dict]:
@@ -234,10 +238,10 @@ def recorded_comparison(recorded: Mapping[str, Any], current: Mapping[str, dict]
 
 
 def rank_correlation(a: Mapping[str, float], b: Mapping[str, float]) -> tuple[float, int]:
-    """Spearman correlation of two rankings (higher is better) over their common keys, and how many."""
+    """Spearman correlation of two score maps over their common keys (ties take average ranks, as
+    in :func:`fer_nb.papers.nm_tuple.spearman`), and how many keys they share."""
     common = sorted(set(a) & set(b))
-    rank = [{k: r for r, k in enumerate(sorted(common, key=lambda k: -d[k]))} for d in (a, b)]
-    return float(np.corrcoef([rank[0][k] for k in common], [rank[1][k] for k in common])[0, 1]), len(common)
+    return spearman([a[k] for k in common], [b[k] for k in common]), len(common)
 
 
 def train_toy_loss(cfg: Any, name: str, make: Callable[[], torch.nn.Module], problem: Any, seed: int = 0,
@@ -245,11 +249,6 @@ def train_toy_loss(cfg: Any, name: str, make: Callable[[], torch.nn.Module], pro
     """Train the chapter's 2-D embedding MLP with the loss ``make()`` on a :mod:`fer_nb.toy2d`
     problem (``cfg.toy_*`` settings), checkpointed under ``cfg.out_dir`` by run hash; the trained
     loss is moved back to the CPU for plotting."""
-    import re
-
-    from fer_nb import toy2d, train
-    from fer_nb.seed import seed_everything
-
     seed_everything(seed)
     net, loss = toy2d.EmbeddingMLP(problem.in_dim, cfg.toy_hidden), make()
     run_hash = cfg.run_hash(loss=name, problem=problem.name, seed=seed, classes=problem.num_classes)
@@ -266,8 +265,6 @@ def toy_measures(run: Any, problem: Any) -> dict[str, Any]:
     """Geometry and retrieval of a toy run's test embedding, each in the loss's own metric:
     intra-class spread, margin, nearest-class-mean accuracy (own metric and Euclidean),
     Recall@1 and MAP@R."""
-    from fer_nb import retrieval, toy2d
-
     metric = retrieval.metric_for(run.loss)
     m = toy2d.embedding_measures(run.train_embedding, problem.y_train, run.test_embedding, problem.y_test,
                                  problem.num_classes, metric=metric)
@@ -280,8 +277,6 @@ def mined_triplet_table(distances: torch.Tensor, labels: torch.Tensor, mined: Ma
                         margin: float, embed_dim: int) -> dict[str, dict[str, float]]:
     """Per miner (label -> :data:`fer_nb.miners.MINERS` key): how many triplets get weight, how many
     of those violate the margin, and the share of the weight on violating triplets (%)."""
-    from fer_nb import miners
-
     hinge = torch.relu(distances[:, :, None] - distances[:, None, :] + margin)
     rows = {}
     for label, key in mined.items():

@@ -53,6 +53,9 @@ def test_fmt():
     assert course.fmt(st, "map@r", 3) == "41.2 ± 1.3"
     assert course.fmt(st, "map@r", 1) == "41.2"
     assert course.fmt({"map@r": "nc"}, "map@r", 3) == "nc"
+    # three significant digits, the spread at the mean's decimals (report.fmt_mean_std)
+    assert course.fmt({"map@r": 5.6789, "map@r_std": 0.1234}, "map@r", 3) == "5.68 ± 0.12"
+    assert course.fmt({"map@r": 5.6789, "map@r_std": 0.0}, "map@r", 3) == "5.68"
 
 
 def _runs(base):
@@ -96,6 +99,12 @@ def test_rank_correlation_by_hand():
     a = {"x": 3.0, "y": 2.0, "z": 1.0}
     assert course.rank_correlation(a, a) == (pytest.approx(1.0), 3)
     assert course.rank_correlation(a, {"x": 1.0, "y": 2.0, "z": 3.0, "w": 9.0})[0] == pytest.approx(-1.0)
+    # ties take average ranks: ranks (3, 2, 1, 4) against (2.5, 2.5, 1, 4); centred (.5, -.5, -1.5, 1.5)
+    # and (0, 0, -1.5, 1.5): rho = 4.5 / sqrt(5 * 4.5) = sqrt(0.9)
+    rho, n = course.rank_correlation({"a": 3, "b": 2, "c": 1, "d": 4}, {"a": 2, "b": 2, "c": 1, "d": 4})
+    assert n == 4 and rho == pytest.approx(0.9 ** 0.5)
+    # a constant score map has no ranking: 0, not NaN
+    assert course.rank_correlation(a, {"x": 1.0, "y": 1.0, "z": 1.0}) == (0.0, 3)
 
 
 def test_mined_triplet_table_by_hand():
