@@ -80,3 +80,78 @@ def test_train_and_test_is_the_chapters_run_one(tmp_path):
     rows = counts / counts.sum(1, keepdim=True).clamp_min(1)
     assert torch.allclose(torch.tensor(got["confusion"], dtype=torch.float64), rows, atol=5e-4)
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+# ------------------------------------------------------------------ benchmarks/mutation.py (no mutmut needed)
+def test_mutation_sample_is_proportional_seeded_and_whole_when_asked_for_everything():
+    import numpy as np
+    import pytest
+
+    from benchmarks import mutation as mu
+
+    population = {"a.py": [f"a{i}" for i in range(60)], "b.py": [f"b{i}" for i in range(30)], "c.py": ["c0"] * 0 + ["c0", "c1"]}
+    one = mu.stratified_sample(population, 20, np.random.default_rng(0))
+    # quotas 20 * (60, 30, 2) / 92 = 13.04, 6.52, 0.43: floors 13, 6, 0, the last seat to the largest remainder (b)
+    assert [sum(m.startswith(k) for m in one) for k in "abc"] == [13, 7, 0]
+    assert len(set(one)) == 20 and one == mu.stratified_sample(population, 20, np.random.default_rng(0))
+    assert one != mu.stratified_sample(population, 20, np.random.default_rng(1))
+    assert mu.stratified_sample(population, 500, np.random.default_rng(0)) == population["a.py"] + population["b.py"] + ["c0", "c1"]
+    with pytest.raises(ValueError, match="sample size"):
+        mu.stratified_sample(population, -1, np.random.default_rng(0))
+    assert mu.parse_sizes("losses=700,papers=400") == {"losses": 700, "papers": 400}
+    with pytest.raises(ValueError, match="GROUP=N"):
+        mu.parse_sizes("loss=7")
+
+
+def test_mutation_wilson_interval_and_names_by_hand():
+    import pytest
+
+    from benchmarks import mutation as mu
+
+    lo, hi = mu.wilson(90, 100)
+    # p = .9, n = 100, z^2 = 3.8415: centre (0.9 + 0.019207) / 1.038415 = 0.88521,
+    # half 1.96 * sqrt(0.0009 + 0.000096) / 1.038415 = 0.05957
+    assert abs(lo - 0.8256) < 1e-3 and abs(hi - 0.9448) < 1e-3
+    assert mu.wilson(0, 0) == (0.0, 1.0) and mu.wilson(10, 10)[1] == pytest.approx(1.0)
+    name = "fer_nb.papers.caf.xǁCAFStepsǁtrain_step__mutmut_12"
+    assert mu.module_of(name) == "fer_nb.papers.caf" and mu.function_of(name) == "CAFSteps.train_step"
+    assert mu.function_of("fer_nb.papers.caf.x_plot_trace__mutmut_3") == "plot_trace"
+    assert mu.is_presentation("fer_nb.papers.caf.x_plot_trace__mutmut_3")
+    assert not mu.is_presentation("fer_nb.papers.caf.x_train_caf__mutmut_3")
+    assert not mu.is_presentation("fer_nb.losses.x_plot_thing__mutmut_1")
+    assert mu.group_of("fer_nb/io.py") == "ssl_io" and mu.group_of("fer_nb/losses/npair.py") == "losses"
+    assert mu.group_of("fer_nb/iox.py") is None
+
+
+def test_mutation_summary_counts_equivalents_and_later_kills():
+    import pytest
+
+    from benchmarks import mutation as mu
+
+    results = {"fer_nb/losses/x.py": {"fer_nb.losses.x.x_f__mutmut_1": 1, "fer_nb.losses.x.x_f__mutmut_2": 0,
+                                      "fer_nb.losses.x.x_f__mutmut_3": 0, "fer_nb.losses.x.x_f__mutmut_4": 33,
+                                      "fer_nb.losses.x.x_f__mutmut_5": None}}
+    sample = {"losses": sorted(results["fer_nb/losses/x.py"])}
+    out = mu.summarise(results, sample, {"fer_nb.losses.x.x_f__mutmut_2": "same thing"},
+                       killed_after=["fer_nb.losses.x.x_f__mutmut_4"])
+    g = out["groups"]["losses"]
+    assert (g["mutants"], g["checked"], g["killed"], g["survived"], g["equivalent"]) == (5, 4, 2, 2, 1)
+    assert g["score"] == pytest.approx(2 / 3, abs=1e-4)          # killed 1 and 4, survivor 3; 2 left out
+    assert out["survivors"] == ["fer_nb.losses.x.x_f__mutmut_3"]
+    with pytest.raises(ValueError, match="listed as equivalent were killed"):
+        mu.summarise(results, sample, {"fer_nb.losses.x.x_f__mutmut_1": "wrong"})
+
+
+def test_mutation_setup_keeps_the_selection_the_book_records():
+    from benchmarks import mutation as mu
+
+    cfg = mu.setup_cfg()
+    for test in mu.TESTS:
+        assert (mu.ROOT / test).is_file() and f"    {test}\n" in cfg
+    assert "    fer_nb/papers/*\n" in cfg and "    fer_nb/io.py\n" in cfg and "process_isolation=forkserver" in cfg
+    for reason, names in __import__("yaml").safe_load(mu.EQUIVALENT.read_text()).items():
+        assert reason and names and all("__mutmut_" in n for n in names)
+    for test, names in mu.load_verified().items():
+        path, _, func = test.partition("::")
+        assert (mu.ROOT / path).is_file() and f"def {func}(" in (mu.ROOT / path).read_text(), test
+        assert names and all("__mutmut_" in n for n in names)

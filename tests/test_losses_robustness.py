@@ -473,3 +473,389 @@ def test_the_reliability_page_lists_every_loss_case():
     page = (Path(__file__).resolve().parent.parent / "book" / "reliability.md").read_text()
     missing = [case for case, *_ in BAD_INPUTS if f"| {case} |" not in page]
     assert not missing, f"book/reliability.md lacks these loss cases: {missing}"
+
+
+# ------------------------------------------------------------------ loop references keep their loss's defaults
+def _reference_default_cases():
+    """(name, vectorised loss with its constructor defaults, loop reference with its own defaults)."""
+    from fer_nb.losses import circle, contrastive, cosface, lifted_structure, multi_similarity, npair, proxy_anchor
+    from fer_nb.losses import n_plus_one_tuple, nm_tuple_clusters, proxy_nca, softmax, sphereface, supcon, triplet
+    from fer_nb.losses import center, coupled_clusters, large_margin_loss
+
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(12, 5, dtype=D64, generator=g)
+    y = torch.arange(12) % 3
+
+    def with_centres(loss):
+        loss = loss.double().eval()
+        loss.centers.copy_(torch.randn(3, 5, dtype=D64, generator=g))
+        return loss
+
+    arc, cos_ = AngularMarginLoss(5, 3).double(), CosFaceLoss(5, 3).double()
+    ctr, lmg = with_centres(CenterLoss(3, 5)), with_centres(LargeMarginLoss(3, 5))
+    pa, pn = proxy_anchor.ProxyAnchorLoss(5, 3).double(), proxy_nca.ProxyNCALoss(5, 3).double()
+    sm, sf = softmax.SoftmaxLoss(3, 5).double(), sphereface.SphereFaceLoss(5, 3).double()
+    y_pairs = torch.arange(6).repeat_interleave(2)
+    pairs = torch.stack([torch.arange(0, 12, 2), torch.arange(1, 12, 2)], 1)
+    return [
+        ("arcface", lambda: arc(x, y), lambda: reference_arcface(x, arc.weight, y).mean()),
+        ("cosface", lambda: cos_(x, y), lambda: cosface.reference_cosface(x, cos_.weight, y).mean()),
+        ("center", lambda: ctr(x, y), lambda: center.reference_center(x, y, ctr.centers)),
+        ("large margin", lambda: lmg(x, y), lambda: large_margin_loss.reference_large_margin(x, y, lmg.centers)),
+        ("circle", lambda: circle.CircleLoss()(x, y), lambda: circle.circle_loop(x, y)),
+        ("contrastive", lambda: ContrastiveLoss()(x, y), lambda: contrastive.reference_contrastive(x, y)),
+        ("coupled clusters", lambda: CoupledClustersLoss()(x, y), lambda: coupled_clusters.reference_coupled_clusters(x, y)),
+        ("lifted structure", lambda: lifted_structure.LiftedStructureLoss()(x, y),
+         lambda: lifted_structure.lifted_structure_loop(x, y)),
+        ("multi-similarity", lambda: multi_similarity.MultiSimilarityLoss()(x, y),
+         lambda: multi_similarity.multi_similarity_loop(x, y)),
+        ("(N+1)-tuple", lambda: NPlusOneTupleLoss()(x, y), lambda: n_plus_one_tuple.reference_n_plus_one(x, y)),
+        ("(N+M)-tuple clusters", lambda: NMTupleClustersLoss()(x, y), lambda: nm_tuple_clusters.reference_nm_tuple(x, y)),
+        ("triplet", lambda: TripletLoss()(x, y), lambda: triplet.reference_triplet(x, y)),
+        ("SupCon", lambda: supcon.SupConLoss()(x, y), lambda: supcon.supcon_loop(x, y)),
+        ("Proxy-Anchor", lambda: pa(x, y), lambda: proxy_anchor.proxy_anchor_loop(x, y, pa.proxies)),
+        ("ProxyNCA", lambda: pn(x, y), lambda: proxy_nca.proxy_nca_loop(x, y, pn.proxies)),
+        ("softmax", lambda: sm(x, y), lambda: softmax.reference_softmax(x, y, sm.weight, sm.bias)),
+        ("SphereFace", lambda: sf(x, y), lambda: sphereface.sphereface_loop(x, y, sf.weight)),
+        ("N-pair", lambda: npair.NPairLoss()(x, y_pairs), lambda: npair.npair_loop(x, pairs)),
+        ("CAF critic", lambda: CAFCriticLoss()(x, (y == 0).long()), lambda: reference_caf_critic(x, y == 0)[0]),
+    ]
+
+
+@pytest.mark.parametrize("case", range(19))
+def test_each_loop_reference_with_its_defaults_equals_its_loss_with_the_loss_defaults(case):
+    """The loop references are the book's second implementation of each loss (the chapters and
+    ``benchmarks/loss_loops.py`` call them with few arguments), so their defaults must be the loss's."""
+    cases = _reference_default_cases()
+    assert len(cases) == 19
+    name, loss, loop = cases[case]
+    torch.testing.assert_close(loss().double(), loop().double(), rtol=1e-9, atol=1e-12, msg=name)
+
+
+def test_gaussian_mi_reference_default_cap_and_the_eta_clamp():
+    """Identical strong and weak features: eta = 1, so -1/2 log(1 - eta^2) is infinite without the
+    clamp at 1 - 1e-6 (6.9 nats) and the default cap mi_max = 2.5 applies, in both implementations."""
+    z = torch.randn(4, 6, dtype=D64, generator=torch.Generator().manual_seed(1))
+    both = torch.cat([z, z])
+    strong = torch.tensor([True] * 4 + [False] * 4)
+    mi, eta = reference_gaussian_mi(both, strong)
+    assert (mi, eta) == (2.5, pytest.approx(1.0))
+    assert gaussian_mi(z, z)[0].item() == pytest.approx(2.5)
+    mi, _ = reference_gaussian_mi(both, strong, mi_max=100.0)
+    assert mi == pytest.approx(-0.5 * math.log(1e-6))
+
+
+def test_npair_without_pairs_is_exactly_zero_and_keeps_the_graph():
+    x = torch.randn(4, 3, dtype=D64, generator=torch.Generator().manual_seed(0)).requires_grad_(True)
+    from fer_nb.losses.npair import NPairLoss
+
+    out = NPairLoss()(x, torch.arange(4))          # four distinct labels: no anchor/positive pair
+    assert out.item() == 0.0
+    out.backward()
+    assert torch.equal(x.grad, torch.zeros_like(x))
+
+
+def test_cosine_classifier_base_names_the_missing_method():
+    from fer_nb.losses.angular_margin import CosineClassifierLoss
+
+    class Bare(CosineClassifierLoss):
+        pass
+
+    with pytest.raises(NotImplementedError, match=r"^Bare must define margin_logits\(cosine, labels\)$"):
+        Bare(4, 3, 1.0, "mean")(torch.randn(5, 4), torch.arange(5) % 3)
+
+
+def test_island_repr_adds_lambda1_to_the_centre_loss_repr():
+    loss = IslandLoss(3, 4, lambda1=0.25)
+    assert repr(loss).endswith("alpha=0.5, lambda1=0.25)") and "num_classes=3" in repr(loss)
+
+
+def test_kernel_centroid_reference_default_gamma_is_the_loss_default():
+    g = torch.Generator().manual_seed(4)
+    e, mu = torch.randn(6, 3, generator=g, dtype=D64), torch.rand(6, 2, generator=g, dtype=D64)
+    d2, _ = MarginMixLoss(2, "rbf", normalize=False).distance_matrix(e, memberships=mu)
+    torch.testing.assert_close(d2, reference_kernel_centroid_sq_distances(e, mu, "rbf"))
+
+
+# ------------------------------------------------------------------ more gaps found by the sampled mutation run
+def _named_losses():
+    from fer_nb.losses.circle import CircleLoss
+    from fer_nb.losses.normface import NormFaceLoss
+    from fer_nb.losses.proxy_anchor import ProxyAnchorLoss
+    from fer_nb.losses.proxy_nca import ProxyNCALoss
+    from fer_nb.losses.supcon import SupConLoss
+
+    return {"CircleLoss": CircleLoss(), "CoupledClustersLoss": CoupledClustersLoss(), "SupConLoss": SupConLoss(),
+            "ProxyAnchorLoss": ProxyAnchorLoss(4, 3), "ProxyNCALoss": ProxyNCALoss(4, 3),
+            "NormFaceLoss": NormFaceLoss(4, 3), "TripletLoss": TripletLoss(), "ContrastiveLoss": ContrastiveLoss()}
+
+
+@pytest.mark.parametrize("name", ["CircleLoss", "CoupledClustersLoss", "SupConLoss", "ProxyAnchorLoss", "ProxyNCALoss",
+                                  "NormFaceLoss", "TripletLoss", "ContrastiveLoss"])
+def test_a_bad_batch_error_starts_with_the_loss_class_name(name):
+    loss = _named_losses()[name]
+    with pytest.raises(ValueError, match=rf"^{name}: embeddings must be "):
+        loss(torch.randn(4, 4, 1), torch.arange(4) % 3)
+    with pytest.raises(ValueError, match=rf"^{name}: "):
+        loss(torch.randn(4, 4), torch.arange(3))
+
+
+def test_class_weight_losses_check_the_label_range_against_num_classes():
+    from fer_nb.losses.normface import NormFaceLoss
+
+    with pytest.raises(ValueError, match=r"^NormFaceLoss: "):
+        NormFaceLoss(4, 3)(torch.randn(2, 4), torch.tensor([0, 3]))
+
+
+def test_one_dimensional_embeddings_are_allowed_and_defaults_are_published_values():
+    from fer_nb.losses.normface import NormFaceLoss
+    from fer_nb.losses.sphereface import SphereFaceLoss
+
+    assert NormFaceLoss(1, 3).embedding_dim == 1 and SoftmaxLoss(3, 1).embedding_dim == 1
+    assert NormFaceLoss(4, 3).scale == pytest.approx(16.0)          # Wang et al. 2017's default s
+    for bad in ({"lam": -1.0}, {"scale": 0.0}):
+        with pytest.raises(ValueError, match="SphereFaceLoss"):
+            SphereFaceLoss(4, 3, **bad)
+
+
+def test_proxy_anchor_accepts_sum_and_inits_follow_their_published_scales():
+    from fer_nb.losses.proxy_anchor import ProxyAnchorLoss
+    from fer_nb.losses.proxy_nca import ProxyNCALoss
+
+    x, y = torch.randn(6, 4), torch.arange(6) % 3
+    pa = ProxyAnchorLoss(4, 3, reduction="sum")
+    assert torch.isfinite(pa(x, y))
+    torch.manual_seed(0)
+    d = 256
+    proxies = ProxyNCALoss(d, 50).proxies.detach()
+    assert proxies.std().item() == pytest.approx(1 / math.sqrt(d), rel=0.05)        # randn / sqrt(D)
+    w = SoftmaxLoss(50, d).weight.detach()
+    assert w.abs().max().item() <= 1 / math.sqrt(d) and w.abs().max().item() > 0.99 / math.sqrt(d)  # nn.Linear's U(-1/sqrt(D), 1/sqrt(D))
+
+
+def test_softmax_logits_stay_float32_under_bf16_autocast_and_take_bf16_features():
+    loss = SoftmaxLoss(3, 4)
+    x = torch.randn(5, 4)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert loss.logits(x).dtype == torch.float32
+    out = loss.logits(x.bfloat16())
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, x.bfloat16().float() @ loss.weight.T + loss.bias)
+
+
+def test_cosface_uses_its_own_margin():
+    from fer_nb.losses.cosface import reference_cosface
+
+    loss = CosFaceLoss(4, 3, scale=8.0, margin=0.2)
+    x, y = torch.randn(6, 4, dtype=D64), torch.arange(6) % 3
+    loss = loss.double()
+    torch.testing.assert_close(loss(x, y), reference_cosface(x, loss.weight, y, 8.0, 0.2).mean())
+
+
+def test_multi_similarity_mining_matches_its_loop_on_an_asymmetric_batch():
+    from fer_nb.losses.multi_similarity import MultiSimilarityLoss, multi_similarity_loop
+
+    g = torch.Generator().manual_seed(12)
+    x = torch.randn(15, 6, dtype=D64, generator=g)
+    y = torch.tensor([0, 0, 0, 0, 1, 1, 1, 2, 2, 2, 2, 2, 3, 3, 1])
+    for eps in (0.1, 0.5):
+        torch.testing.assert_close(MultiSimilarityLoss(mining=True, epsilon=eps)(x, y),
+                                   multi_similarity_loop(x, y, mining=True, epsilon=eps))
+
+
+def test_multi_similarity_mining_drops_a_positive_exactly_as_similar_as_the_hardest_negative():
+    """The strict inequality of Wang et al. (Eq. 5): S_ip < max_k S_ik + eps keeps a positive."""
+    from fer_nb.losses.multi_similarity import ms_pair_mining
+
+    sim = torch.tensor([[1.0, 0.5, 0.5], [0.5, 1.0, 0.2], [0.5, 0.2, 1.0]])
+    pos = torch.tensor([[False, True, False], [True, False, False], [False, False, False]])
+    neg = torch.tensor([[False, False, True], [False, False, True], [True, True, False]])
+    keep_pos, keep_neg = ms_pair_mining(sim, pos, neg, epsilon=0.0)
+    assert not keep_pos[0, 1] and not keep_neg[0, 2]      # 0.5 < 0.5 and 0.5 > 0.5 are both false
+    assert not keep_pos[1, 0] and not keep_neg[1, 2]      # an easy positive (0.5 > 0.2) and an easy negative
+    keep_pos, keep_neg = ms_pair_mining(sim, pos, neg, epsilon=0.01)
+    assert keep_pos[0, 1] and keep_neg[0, 2]
+
+
+def test_caf_critic_with_two_strong_rows_matches_its_reference_and_the_collapse_test_runs():
+    """Two strong rows: one strong-strong pair (the smallest batch the loss and the collapse test accept)."""
+    from fer_nb.losses.caf_critic import collapse_eigenvalue
+
+    g = torch.Generator().manual_seed(5)
+    z = torch.randn(6, 3, dtype=D64, generator=g)
+    strong = torch.tensor([1, 0, 0, 1, 0, 0])
+    want, _ = reference_caf_critic(z, strong.bool())
+    torch.testing.assert_close(CAFCriticLoss()(z, strong), want)
+    value = collapse_eigenvalue(torch.randn(6, 2, dtype=D64, generator=g), strong)
+    assert torch.isfinite(value) and value > 0
+
+
+def test_fisher_ipm_default_rho_and_fp32_math_under_autocast():
+    loss = FisherIPMLoss()
+    assert loss.rho == 1e-6
+    g = torch.Generator().manual_seed(2)
+    x, y = torch.randn(10, 4, generator=g), torch.tensor([0, 1] * 5)
+    plain = FisherIPMLoss()(x, y)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        auto = FisherIPMLoss()(x, y)
+    assert auto.dtype == torch.float32
+    torch.testing.assert_close(auto, plain, rtol=1e-6, atol=1e-7)
+
+
+def test_island_loss_messages_and_its_term_in_fp32_for_bf16_centres():
+    with pytest.raises(ValueError, match=r"^IslandLoss has a batch-level island term; use reduction='mean' or 'sum'$"):
+        IslandLoss(3, 4, reduction="none")
+    loss = IslandLoss(3, 4).to(torch.bfloat16)
+    term = loss.island_term()
+    assert term.dtype == torch.float32
+    from fer_nb.losses.island import reference_island_term
+
+    torch.testing.assert_close(term, reference_island_term(loss.centers.float()), rtol=1e-5, atol=1e-6)
+
+
+def test_lifted_structure_normalize_option_is_the_loop_on_unit_vectors():
+    from fer_nb.losses.lifted_structure import LiftedStructureLoss, lifted_structure_loop
+
+    x, y = torch.randn(10, 4, dtype=D64, generator=torch.Generator().manual_seed(8)), torch.arange(10) % 3
+    torch.testing.assert_close(LiftedStructureLoss(normalize=True)(x, y),
+                               lifted_structure_loop(F.normalize(x, dim=1), y))
+
+
+def test_multi_similarity_refuses_a_zero_beta_with_its_message():
+    from fer_nb.losses.multi_similarity import MultiSimilarityLoss
+
+    with pytest.raises(ValueError, match=r"^MultiSimilarityLoss: alpha and beta must be > 0, got 2.0, 0.0$"):
+        MultiSimilarityLoss(beta=0.0)
+
+
+def test_supcon_reductions_sum_and_none_against_its_loop():
+    from fer_nb.losses.supcon import SupConLoss, supcon_loop
+
+    x = torch.randn(9, 4, dtype=D64, generator=torch.Generator().manual_seed(6))
+    y = torch.tensor([0, 0, 1, 1, 1, 2, 2, 3, -1])          # class 3 and the -1 row have no positive
+    mean = supcon_loop(x, y)
+    anchors = 7
+    torch.testing.assert_close(SupConLoss(reduction="sum")(x, y), mean * anchors)
+    per = SupConLoss(reduction="none")(x, y)
+    assert per.shape == (9,) and per[7] == 0 and per[8] == 0
+    torch.testing.assert_close(per.sum() / anchors, mean)
+
+
+def test_loop_references_handle_unlabelled_rows_empty_batches_and_reductions():
+    """The references' own edge cases (they are the oracles of the vectorised losses, so they must
+    be right there too): -1 rows in the middle, an empty batch, one labelled row, reduction="none"."""
+    from fer_nb.losses.center import reference_center
+    from fer_nb.losses.softmax import reference_softmax
+    from fer_nb.losses.supcon import supcon_loop
+    from fer_nb.losses.triplet import reference_triplet
+
+    g = torch.Generator().manual_seed(7)
+    x = torch.randn(5, 4, dtype=D64, generator=g)
+    y = torch.tensor([0, -1, 2, -1, 1])
+    arc = AngularMarginLoss(4, 3, scale=4.0, margin=0.3, reduction="none").double()
+    per = reference_arcface(x, arc.weight, y, 4.0, 0.3)
+    torch.testing.assert_close(per, arc(x, y))
+    assert per.shape == (5,) and per[1] == 0 and per[3] == 0 and per[4] > 0
+
+    sm = SoftmaxLoss(3, 4, bias=False, reduction="none").double()
+    torch.testing.assert_close(reference_softmax(x, y, sm.weight, None, reduction="none"), sm(x, y))
+    one = torch.tensor([-1, -1, 2, -1, -1])
+    torch.testing.assert_close(reference_softmax(x, one, sm.weight, None), sm(x, one).sum())
+    empty = x[:0]
+    assert reference_softmax(empty, y[:0], sm.weight, None, reduction="none").shape == (0,)
+    assert reference_softmax(empty, y[:0], sm.weight, None).item() == 0.0
+    assert reference_center(empty, y[:0], torch.zeros(3, 4, dtype=D64), reduction="none").shape == (0,)
+
+    yt = torch.tensor([0, 0, 1, 1, 0])
+    tl = TripletLoss(margin=1.0, reduction="none")(x, yt)
+    torch.testing.assert_close(reference_triplet(x, yt, reduction="none"), tl)
+
+    no_pos = supcon_loop(x, torch.arange(5))
+    assert no_pos.shape == () and no_pos.item() == 0.0
+
+
+def test_lifted_structure_loop_with_a_single_positive_pair():
+    from fer_nb.losses.lifted_structure import LiftedStructureLoss, lifted_structure_loop
+
+    x = torch.randn(5, 3, dtype=D64, generator=torch.Generator().manual_seed(9))
+    y = torch.tensor([0, 0, 1, 2, 3])
+    want = lifted_structure_loop(x, y)
+    torch.testing.assert_close(LiftedStructureLoss()(x, y), want)
+    assert want > 0
+
+
+def test_margin_mix_reference_normalises_targets_that_do_not_sum_to_one():
+    g = torch.Generator().manual_seed(10)
+    e, c = torch.randn(4, 3, dtype=D64, generator=g), torch.randn(3, 3, dtype=D64, generator=g)
+    t = torch.rand(4, 3, dtype=D64, generator=g) * 3          # row sums far from 1
+    got = reference_margin_mix(e, t, c)
+    unit = reference_margin_mix(e, t / t.sum(1, keepdim=True), c)
+    torch.testing.assert_close(got, unit)
+
+
+def test_mmd_critic_one_strong_row_and_a_small_median_bandwidth_by_hand():
+    z = torch.tensor([[0.0, 0.0], [0.3, 0.0], [0.0, 0.4]], dtype=D64)      # pairwise distances 0.3, 0.4, 0.5
+    strong = torch.tensor([1, 0, 0])
+    sigma = 0.4                                                             # their median (< 1)
+    k = lambda a, b: math.exp(-((a - b) ** 2).sum().item() / (2 * sigma ** 2))  # noqa: E731
+    k_pp = 1.0
+    k_qq = (2 + 2 * k(z[1], z[2])) / 4
+    k_qp = (k(z[1], z[0]) + k(z[2], z[0])) / 2
+    got = MMDCriticLoss(kind="mmd")(z, strong)
+    assert got.item() == pytest.approx(-(k_pp + k_qq - 2 * k_qp), rel=1e-12)
+
+
+def test_npair_checks_given_pairs():
+    from fer_nb.losses.npair import NPairLoss
+
+    x, y = torch.randn(4, 3), torch.tensor([0, 1, 0, 1])
+    with pytest.raises(ValueError, match=r"^NPairLoss: pairs must be \(N, 2\) anchor/positive rows, got \(2,\)$"):
+        NPairLoss()(x, y, pairs=torch.tensor([0, 2]))
+    with pytest.raises(ValueError, match="each pair must share a label"):
+        NPairLoss()(x, torch.arange(4), pairs=torch.tensor([[0, 1], [2, 3]]))   # anchor 0 and positive 1 differ
+
+
+def test_check_pair_inputs_names_the_loss():
+    from fer_nb.losses.contrastive import check_pair_inputs
+
+    with pytest.raises(ValueError, match=r"^PairLoss: labels must be"):
+        check_pair_inputs(torch.randn(3, 2), torch.zeros(2, dtype=torch.long), "PairLoss")
+    with pytest.raises(ValueError, match=r"^PairLoss: embeddings must be"):
+        check_pair_inputs(torch.randn(3), torch.zeros(3, dtype=torch.long), "PairLoss")
+
+
+def test_triplet_error_for_unlabelled_rows_in_given_triplets():
+    with pytest.raises(ValueError, match=r"^TripletLoss: triplets use a row labelled -1 \(ignored\); drop those "
+                                         r"triplets or give the row a label$"):
+        TripletLoss()(torch.randn(3, 2), torch.tensor([0, 0, -1]), triplets=torch.tensor([[0, 1, 2]]))
+
+
+def test_circle_loop_matches_the_loss_at_a_small_scale_where_the_one_in_log1p_matters():
+    from fer_nb.losses.circle import CircleLoss, circle_loop
+
+    x = torch.randn(8, 3, dtype=D64, generator=torch.Generator().manual_seed(13))
+    y = torch.arange(8) % 3
+    torch.testing.assert_close(CircleLoss(m=0.25, gamma=1.0)(x, y), circle_loop(x, y, 0.25, 1.0), rtol=1e-12, atol=0)
+
+
+def test_mmd_critic_with_one_group_only_is_zero_with_a_zero_gradient():
+    z = torch.randn(4, 3, dtype=D64, requires_grad=True)
+    for strong in (torch.zeros(4, dtype=torch.long), torch.ones(4, dtype=torch.long)):
+        for kind in ("mmd", "gramnet"):
+            out = MMDCriticLoss(kind=kind)(z, strong)
+            assert out.item() == 0.0
+            (grad,) = torch.autograd.grad(out, z)
+            assert torch.equal(grad, torch.zeros_like(z))
+
+
+@pytest.mark.parametrize("scale", [0.15, 0.3, 1.0])
+def test_caf_critic_adaptive_margin_walk_matches_its_reference_when_many_distances_are_small(scale):
+    """Eq. 8's walk ``d_(k) < MI + Delta(N, k)`` over the sorted strong-weak distances: at small scales
+    many distances pass the first thresholds, so K > 1 and each threshold's ``2 (k + 1)`` matters."""
+    z = scale * torch.randn(12, 5, dtype=D64, generator=torch.Generator().manual_seed(21))
+    strong = (torch.arange(12) % 3 == 0).long()
+    loss_fn = CAFCriticLoss()
+    got = loss_fn(z, strong)
+    want, alpha = reference_caf_critic(z, strong.bool())
+    torch.testing.assert_close(got, want)
+    assert loss_fn.last["alpha"].item() == pytest.approx(alpha, rel=1e-12)

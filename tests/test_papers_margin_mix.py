@@ -342,3 +342,350 @@ def test_run_one_returns_its_test_predictions_with_or_without_checkpoint(tmp_pat
     assert not (tmp_path / "b" / "checkpoints").exists()
     assert {k: v for k, v in r.items() if k != "predictions"} == {k: v for k, v in r2.items() if k != "predictions"}
     assert np.array_equal(r["predictions"], r2["predictions"])
+
+
+# ------------------------------------------------------------- Table 5 (run_ablation) and the figure, on constructed runs
+
+
+def _fake_run_one(calls, nc=()):
+    """A stand-in for run_one: records its arguments; accuracy 50 + 10 x (number of calls so far); the
+    runs whose over-rides' keys are in ``nc`` collapse."""
+
+    def run_one(cfg, data, table, method, n_labels, seed, **over):
+        calls.append((cfg, data, table, method, n_labels, seed, over))
+        return {"acc": 50.0 + 10 * len(calls), "nc": any(k in nc for k in over)}
+
+    return run_one
+
+
+def test_ablation_rows_reuse_table3_baseline_and_run_each_override(monkeypatch):
+    """Table 5: the baseline is the first seed's Table 3 run at ``ablation_budget`` when it exists; every row of
+    the preset's ``ablation`` list runs Margin-Mix on Table 3 at that budget and first seed with its overrides;
+    a collapsed run is "nc"."""
+    calls = []
+    monkeypatch.setattr(mm, "run_one", _fake_run_one(calls, nc=("self_label",)))
+    cfg = SimpleNamespace(hp={"ablation_budget": 140, "ablation": ["T0.5", "hard", "no_ema", "K1"]}, seeds=(3, 4))
+    data = {"table3": "pool"}
+    results = {("table3", "margin_mix", 140): [{"acc": 41.5, "nc": False}, {"acc": 1.0, "nc": False}]}
+    rows = mm.run_ablation(cfg, data, results)
+    assert rows == {"Baseline (T=0.25, lambda_M=1, lambda_u=0.4)": {"acc": 41.5},
+                    "Sharpening T=0.5": {"acc": 60.0}, "with nearest centroid": {"acc": "nc"},
+                    "without parameter EMA": {"acc": 80.0}, "N_aug=1": {"acc": 90.0}}
+    assert list(rows)[1:] == ["Sharpening T=0.5", "with nearest centroid", "without parameter EMA", "N_aug=1"]
+    assert [c[2:] for c in calls] == [("table3", "margin_mix", 140, 3, {"T": 0.5}),
+                                      ("table3", "margin_mix", 140, 3, {"self_label": "hard"}),
+                                      ("table3", "margin_mix", 140, 3, {"ema_decay": None}),
+                                      ("table3", "margin_mix", 140, 3, {"K": 1})]
+    assert all(c[0] is cfg and c[1] is data for c in calls)
+
+
+def test_ablation_trains_its_own_baseline_when_table3_lacks_the_budget(monkeypatch):
+    """No Table 3 run at ``ablation_budget``: the baseline is trained (Table 3, Margin-Mix, first seed, no
+    overrides) and reported "nc" when it collapses."""
+    calls = []
+    fake = _fake_run_one(calls)
+    monkeypatch.setattr(mm, "run_one", lambda *a, **k: {**fake(*a, **k), "nc": not k})
+    cfg = SimpleNamespace(hp={"ablation_budget": 250, "ablation": ["no_mixup"]}, seeds=(7,))
+    rows = mm.run_ablation(cfg, {}, {("table3", "margin_mix", 140): [{"acc": 41.5, "nc": False}]})
+    assert rows == {"Baseline (T=0.25, lambda_M=1, lambda_u=0.4)": {"acc": "nc"}, "without MixUp": {"acc": 70.0}}
+    assert [c[2:] for c in calls] == [("table3", "margin_mix", 250, 7, {}), ("table3", "margin_mix", 250, 7, {"alpha": 0.0})]
+
+
+def test_ablation_preset_rows_are_table5s():
+    """Every preset's ablation list names rows of ABLATIONS; the overrides are the paper's Table 5 variants."""
+    assert mm.ABLATIONS == {
+        "T0.5": ("Sharpening T=0.5", {"T": 0.5}), "T0": ("No sharpening T=0", {"T": 0.0}),
+        "hard": ("with nearest centroid", {"self_label": "hard"}),
+        "no_ema": ("without parameter EMA", {"ema_decay": None}),
+        "no_mixup": ("without MixUp", {"alpha": 0.0}), "K1": ("N_aug=1", {"K": 1})}
+    pre = config.load_presets("margin_mix")
+    assert all(set(pre[s]["ablation"]) <= set(mm.ABLATIONS) for s in ("smoke", "small", "gpu", "paper"))
+
+
+def _plot_inputs():
+    from fer_nb.data.schema import FaceArrays
+
+    pool = lambda n, name: FaceArrays(torch.zeros(n, 1, 2, 2, dtype=torch.uint8), {}, name)
+    data = {"table3": (pool(100, "SynthFACS-FER+"), None), "table4": (pool(60, "SynthFACS-RAF"), None)}
+    plan = {"table3": [10, "all"], "table1": [250], "table4": [20]}       # table1 (no FER table): no panel
+    results = {}
+    for k, method in enumerate(mm.METHOD_ROWS):
+        results[("table3", method, 10)] = [{"acc": 10.0 + k}, {"acc": 14.0 + k}]        # mean 12 + k, std 2
+        results[("table3", method, "all")] = [{"acc": 30.0 + k}, {"acc": 30.0 + k}]     # mean 30 + k, std 0
+        results[("table4", method, 20)] = [{"acc": 50.0 + k}, {"acc": 56.0 + k}, {"acc": 50.0 + k}]
+    return data, results, plan
+
+
+def test_plot_accuracy_vs_labels_draws_mean_and_std_per_method():
+    """One panel per FER table of the plan (4.2 in wide each); per method the mean over seeds against the
+    label budget ("all" = the pool size) with +- std error bars; log x axis, labels, the pool's name."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    data, results, plan = _plot_inputs()
+    fig = mm.plot_accuracy_vs_labels(data, results, plan)
+    try:
+        axes = fig.axes
+        assert len(axes) == 2 and tuple(fig.get_size_inches()) == pytest.approx((8.4, 3.2))
+        for ax, table, xs in ((axes[0], "table3", [10, 100]), (axes[1], "table4", [20])):
+            assert ax.get_title() == f"{table} ({data[table][0].name})"
+            assert (ax.get_xlabel(), ax.get_ylabel(), ax.get_xscale()) == ("labelled images", "test accuracy (%)",
+                                                                            "log")
+            assert len(ax.containers) == 4
+            for k, cont in enumerate(ax.containers):
+                line, _, (bars,) = cont.lines
+                assert cont.get_label() == list(mm.METHOD_ROWS.values())[k]
+                assert line.get_marker() == "o"
+                assert list(line.get_xdata()) == xs
+                means = [12.0 + k, 30.0 + k] if table == "table3" else [52.0 + k]
+                stds = [2.0, 0.0] if table == "table3" else [np.std([50.0, 56.0, 50.0])]
+                assert list(line.get_ydata()) == pytest.approx(means)
+                ends = np.array([np.asarray(seg)[:, 1] for seg in bars.get_segments()])
+                assert np.allclose(ends, [[m - s, m + s] for m, s in zip(means, stds)])
+        legend = axes[0].get_legend()
+        assert legend is not None and [t.get_text() for t in legend.get_texts()] == list(mm.METHOD_ROWS.values())
+        assert axes[1].get_legend() is None
+    finally:
+        plt.close(fig)
+
+
+# ------------------------------------------------------------- table cells, ordering summary, evaluation, run wiring
+
+
+def test_cell_is_mean_and_sample_sd_over_converged_seeds():
+    """A cell: mean and sample sd (ddof 1) of the seeds that did not collapse, sd 0 for one such seed,
+    "nc" when every seed collapsed; the nc count always."""
+    runs = [{"acc": 60.0, "nc": False}, {"acc": 10.0, "nc": True}, {"acc": 64.0, "nc": False}]
+    assert mm._cell(runs, "acc_140") == {"acc_140": 62.0, "acc_140_std": pytest.approx(2 * 2 ** 0.5, rel=1e-12),
+                                         "nc_runs_140": 1.0}
+    assert mm._cell(runs[:2], "acc_140") == {"acc_140": 60.0, "acc_140_std": 0.0, "nc_runs_140": 1.0}
+    assert mm._cell([{"acc": 12.5, "nc": True}] * 2, "acc_all") == {"acc_all": "nc", "nc_runs_all": 2.0}
+
+
+def _ordering_inputs():
+    from fer_nb.data.schema import FaceArrays
+
+    test = FaceArrays(torch.zeros(4, 1, 2, 2, dtype=torch.uint8), {"expression": torch.tensor([0, 0, 0, 1])}, "t")
+    runs = lambda *accs: [{"acc": a, "nc": nc} for a, nc in accs]
+    results = {
+        ("table3", "supervised", 10): runs((60.0, False), (70.0, False)),
+        ("table3", "mean_teacher", 10): runs((50.0, True), (40.0, True)),
+        ("table3", "mixmatch", 10): runs((80.0, False), (20.0, True)),
+        ("table3", "margin_mix", 10): runs((90.0, False), (86.0, False)),
+        ("table3", "supervised", "all"): runs((70.0, False), (70.0, False)),
+        ("table3", "mean_teacher", "all"): runs((72.0, False), (72.0, False)),
+        ("table3", "mixmatch", "all"): runs((71.0, False), (71.0, False)),
+        ("table3", "margin_mix", "all"): runs((95.0, True), (95.0, True)),
+    }
+    return {"table3": (None, test)}, results, {"table3": [10, "all"], "table1": [250]}
+
+
+def test_ordering_summary_by_hand():
+    """Converged-seed means per method, Margin-Mix minus MixMatch / supervised where both converged, nc
+    counts, the majority-class rate (3 of 4 test images: 75 %) and the ordering lines; non-FER tables skipped."""
+    data, results, plan = _ordering_inputs()
+    summary, lines = mm.ordering_summary(data, results, plan)
+    assert summary == {
+        "table3_majority_rate": 75.0,
+        "table3_supervised_nc_10": 0.0, "table3_supervised_acc_10": 65.0, "table3_mean_teacher_nc_10": 2.0,
+        "table3_mixmatch_nc_10": 1.0, "table3_mixmatch_acc_10": 80.0, "table3_margin_mix_nc_10": 0.0,
+        "table3_margin_mix_acc_10": 88.0,
+        "table3_marginmix_minus_mixmatch_10": 8.0, "table3_marginmix_minus_supervised_10": 23.0,
+        "table3_supervised_nc_all": 0.0, "table3_supervised_acc_all": 70.0, "table3_mean_teacher_nc_all": 0.0,
+        "table3_mean_teacher_acc_all": 72.0, "table3_mixmatch_nc_all": 0.0, "table3_mixmatch_acc_all": 71.0,
+        "table3_margin_mix_nc_all": 2.0,
+        "runs": 16.0, "nc_runs": 5.0,
+    }
+    assert lines == [
+        "table3 n=10: ordering (converged runs) margin_mix 88.0 > mixmatch 80.0 > supervised 65.0; "
+        "majority-class rate 75.0 %, above it: ['margin_mix', 'mixmatch']",
+        "table3 n=all: ordering (converged runs) mean_teacher 72.0 > mixmatch 71.0 > supervised 70.0; "
+        "majority-class rate 75.0 %, above it: []",
+    ]
+    _, smoke = mm.ordering_summary(data, results, plan, scale="smoke")
+    assert smoke == ["[smoke run: a pipeline check, not a finding; read the recorded run] " + line for line in lines]
+
+
+class _ByBrightness(nn.Module):
+    """Predicts class k for an image of uniform grey level 25 k (a BN layer, unused, for recalibrate_bn)."""
+
+    def __init__(self, C):
+        super().__init__()
+        self.bn, self.C = nn.BatchNorm2d(1), C
+
+    def forward(self, x):
+        self.bn(x)
+        level = x.mean((1, 2, 3)) * 255 / 25
+        return -(level[:, None] - torch.arange(self.C)) ** 2
+
+
+def _grey(levels, labels, name):
+    from fer_nb.data.schema import FaceArrays
+
+    imgs = (torch.tensor(levels, dtype=torch.uint8) * 25).view(-1, 1, 1, 1).expand(-1, 1, 4, 4).contiguous()
+    return FaceArrays(imgs, {"expression": torch.tensor(labels)}, name, tuple(f"c{i}" for i in range(4)))
+
+
+def test_evaluate_scores_the_test_predictions_by_hand():
+    """Predictions [0, 0, 1, 1, 2, 0] for labels [0, 0, 0, 1, 2, 2]: accuracy 4/6, mean per-class accuracy
+    (2/3 + 1 + 1/2) / 3 over the 3 classes present, histogram over all 4 classes, not collapsed; all-one-class
+    predictions are "nc"."""
+    cfg = SimpleNamespace(hp={"batch_size": 2, "recal_batches": 1}, device=torch.device("cpu"))
+    train = _grey([0, 1, 2, 3], [0, 1, 2, 3], "train")
+    out = mm.evaluate(cfg, _ByBrightness(4), train, _grey([0, 0, 1, 1, 2, 0], [0, 0, 0, 1, 2, 2], "test"), 0)
+    assert out["acc"] == pytest.approx(100 * 4 / 6) and out["mean_acc"] == pytest.approx(100 * (2 / 3 + 1 + 0.5) / 3)
+    assert out["nc"] is False and out["pred_hist"] == [3, 2, 1, 0]
+    assert out["predictions"].dtype == np.int64 and out["predictions"].tolist() == [0, 0, 1, 1, 2, 0]
+    out = mm.evaluate(cfg, _ByBrightness(4), train, _grey([3, 3, 3], [3, 1, 0], "test"), 0)
+    assert out["nc"] is True and out["pred_hist"] == [0, 0, 0, 3] and out["acc"] == pytest.approx(100 / 3)
+
+
+def test_run_one_wiring_split_seed_run_hash_and_batches(tmp_path, monkeypatch):
+    """What run_one hands the trainer: the labelled split drawn with generator seed 1000 + seed and the
+    budget (the whole pool for "all"), the checkpoint named by table/method/budget/seed and the run hash of
+    (table, method, n, seed, sorted overrides) (recorded runs are found by it), the network under "model",
+    the preset's epochs and steps, and batches with an unlabelled part for the SSL methods only; an empty
+    training history gives loss NaN."""
+    from fer_nb.data.schema import FaceArrays
+    from fer_nb.train import History, checkpoint_path
+
+    cfg = config.resolve("margin_mix", "smoke", device="cpu", out_dir=str(tmp_path), batch_size=4, steps=2,
+                         epochs=3)
+    g = torch.Generator().manual_seed(0)
+    names = tuple(f"c{i}" for i in range(8))
+    train = FaceArrays(torch.randint(0, 256, (24, 1, 32, 32), generator=g, dtype=torch.uint8),
+                       {"expression": torch.arange(24) % 8}, "pool", names)
+    data = {"table3": (train, train.subset(torch.arange(8)))}
+    splits, fits = [], []
+    real_split = mm.balanced_label_split
+
+    def split(labels, n, C, gen):
+        splits.append((n, C, gen.initial_seed()))
+        return real_split(labels, n, C, gen)
+
+    def fit_or_load(checkpoint, run_hash, **run):
+        fits.append((checkpoint, run_hash, run))
+        return History()
+
+    monkeypatch.setattr(mm, "balanced_label_split", split)
+    monkeypatch.setattr(mm, "fit_or_load", fit_or_load)
+    monkeypatch.setattr(mm, "evaluate", lambda cfg, model, tr, te, seed: {"acc": 50.0 + seed})
+    for method, n, seed, over, n_split, unlabelled in (("margin_mix", 16, 3, {"T": 0.5, "K": 1}, 16, True),
+                                                       ("supervised", 16, 0, {}, 16, False),
+                                                       ("mixmatch", "all", 1, {}, 24, False)):
+        r = mm.run_one(cfg, data, "table3", method, n, seed, **over)
+        assert r["acc"] == 50.0 + seed and np.isnan(r["loss"])
+        assert splits[-1] == (n_split, 8, 1000 + seed)
+        checkpoint, rh, run = fits[-1]
+        assert rh == cfg.run_hash(table="table3", method=method, n=n, seed=seed, over=sorted(over.items()))
+        assert checkpoint == checkpoint_path(cfg.out_dir, f"table3-{method}-{n}-s{seed}", rh)
+        assert set(run["modules"]) == {"model"} and (run["epochs"], run["steps_per_epoch"]) == (3, 2)
+        batches = list(run["train_batches"](0))
+        assert len(batches) == 2 and all(("u_image" in b) == unlabelled for b in batches), method
+    assert len({rh for _, rh, _ in fits}) == 3
+
+
+# ------------------------------------------------------------- build_method, defaults, Eq. 6 edge cases, messages
+
+
+def test_build_method_passes_the_presets_hyper_parameters(tmp_path):
+    """Every method gets the preset's lr, EMA decay, decoupled weight decay 0.02 x lr and augmentation
+    (pad = image_size / 8, flip except on SVHN) and its own hyper-parameters; ``ema_decay`` can be overridden
+    for the methods with an optional EMA (Table 5's "without parameter EMA")."""
+    from fer_nb.data.augment import Augment
+
+    hp = dict(lr=0.004, ema_decay=0.95, alpha=0.6, T=0.3, K=3, lambda_M=0.7, lambda_u=0.2, lambda_u_mixmatch=33.0,
+              centroid_lr=0.25, rampup=0.3, mt_consistency=7.0)
+    cfg = config.resolve("margin_mix", "smoke", device="cpu", out_dir=str(tmp_path), **hp)
+    built = {name: mm.build_method(cfg, name, Tiny(), 3) for name in METHODS}
+    for name, m in built.items():
+        assert m.optimizer.param_groups[0]["lr"] == 0.004, name
+        assert (m.ema.alpha, m.ema.weight_decay) == (0.95, pytest.approx(0.02 * 0.004)), name
+        assert m.augment == Augment(flip=True, pad=4), name
+    assert built["supervised"].mixup_alpha == 0.6
+    assert (built["mean_teacher"].consistency, built["mean_teacher"].rampup) == (7.0, 0.3)
+    mix = built["mixmatch"]
+    assert (mix.T, mix.K, mix.alpha, mix.lambda_u, mix.rampup) == (0.3, 3, 0.6, 33.0, 0.3)
+    mar = built["margin_mix"]
+    assert (mar.T, mar.K, mar.alpha, mar.lambda_M, mar.lambda_u, mar.centroids.lr, mar.rampup) == (
+        0.3, 3, 0.6, 0.7, 0.2, 0.25, 0.3)
+    for name in ("supervised", "mixmatch", "margin_mix"):       # Mean Teacher's teacher is the EMA
+        m = mm.build_method(cfg, name, Tiny(), 3, ema_decay=None)
+        assert m.ema is None and m.eval_model is m.model, name
+    m = mm.build_method(cfg, "margin_mix", Tiny(), 3, T=0.5, ema_decay=None)
+    assert m.T == 0.5 and m.ema is None and m.K == 3
+    svhn = config.resolve("margin_mix", "smoke", "svhn", str(tmp_path), "cpu", 1, str(tmp_path / "r"))
+    assert mm.build_method(svhn, "mixmatch", Tiny(), 3).augment == Augment(flip=False, pad=4)
+
+
+def test_margin_mix_defaults_are_the_papers():
+    """Defaults (the paper, Sections 4-5): T 0.25, N_aug 2, MixUp alpha 0.75, lambda_M 1, lambda_u 0.4,
+    centroid learning rate 0.5, soft (Eq. 6) self-labels, no unlabelled prediction term."""
+    m = MarginMix(Tiny(), 3)
+    assert (m.T, m.K, m.alpha, m.lambda_M, m.lambda_u, m.centroids.lr, m.self_label, m.pred_u_weight) == (
+        0.25, 2, 0.75, 1.0, 0.4, 0.5, "soft", 0.0)
+    assert m.num_classes == 3 and m.centroids.centers.shape == (3, 4) and m.centroids.seen.tolist() == [False] * 3
+
+
+def test_fuzzy_labels_for_near_points_and_a_point_on_a_centroid():
+    """Eq. 6 with distances below 1 (d2 0.01 and 0.04: memberships 0.8 / 0.2) and a point exactly on a
+    centroid (membership 1 there, no NaN)."""
+    y = fuzzy_cmeans_labels(torch.tensor([[0.01, 0.04], [0.0, 0.5]]))
+    assert torch.allclose(y, torch.tensor([[0.8, 0.2], [1.0, 0.0]]), atol=1e-6)
+    assert torch.isfinite(y).all()
+
+
+def test_marginmix_unlabelled_prediction_term():
+    """``pred_u_weight > 0`` adds ``pred_u_weight * w(t) * mean ||softmax(z_u) - y_u||^2`` (logged as loss_u);
+    at 0 (the paper's Eq. 10) the term and its log are absent."""
+    step = MarginMix(Tiny(C=3), 3, lambda_M=1.0, lambda_u=0.4, rampup=0.5, ema_decay=None)
+    step.centroids.centers.copy_(torch.tensor([[1.0, 0, 0, 0], [0, 1.0, 0, 0], [0, 0, 1.0, 0]]))
+    step.centroids.seen.fill_(True)
+    g = torch.Generator().manual_seed(2)
+    lg, em = torch.randn(4, 3, generator=g), torch.randn(4, 4, generator=g)
+    my = torch.softmax(torch.randn(4, 3, generator=g), 1)
+    base, logs = step.loss(lg, em, my, 2, 0.25)
+    assert "loss_u" not in logs
+    step.pred_u_weight = 3.0
+    loss, logs = step.loss(lg, em, my, 2, 0.25)
+    lu = ((torch.softmax(lg[2:], 1) - my[2:]) ** 2).mean()
+    assert torch.allclose(logs["loss_u"], lu, atol=1e-7)
+    assert torch.allclose(loss, base + 3.0 * 0.5 * lu, atol=1e-6)
+
+
+def test_validation_messages_name_the_fix(tmp_path):
+    with pytest.raises(ValueError, match=r"^centroid learning rate must be in \(0, 1\], got 0$"):
+        mm.Centroids(3, 4, lr=0)
+    with pytest.raises(ValueError, match=r"^K \(N_aug\) must be >= 1, got 0$"):
+        MarginMix(Tiny(), 3, K=0)
+    cfg = SimpleNamespace(dataset="imagenet", hp={})
+    with pytest.raises(ValueError, match=r"^Margin-Mix has no table for DATASET='imagenet'; use one of "
+                                         r"synthfacs, ferplus, rafdb, cifar10, cifar100, svhn, stl10$"):
+        mm.table_budgets(cfg)
+
+
+def test_synthfacs_analogues_are_the_documented_generations(tmp_path):
+    """Table 3's SynthFACS analogue: training pool = subjects 0-39 (seed 11), test = subjects 40-59 (seed 12),
+    at the preset's image size, FER+ priors with contempt, grey (recorded runs depend on these draws)."""
+    from fer_nb.data import synthfacs
+
+    cfg = config.resolve("margin_mix", "smoke", device="cpu", out_dir=str(tmp_path), n_train=24, n_test=8)
+    train, test = mm.load_data(cfg)["table3"]
+    kw = dict(domain="wild", image_size=32, class_priors="ferplus", channels=1, with_contempt=True)
+    ref_train = synthfacs.generate(24, seed=11, n_subjects=40, subject_offset=0, **kw)
+    ref_test = synthfacs.generate(8, seed=12, n_subjects=20, subject_offset=40, **kw)
+    assert train.images.shape == (24, 1, 32, 32) and test.images.shape == (8, 1, 32, 32)
+    assert torch.equal(train.images, ref_train.images) and torch.equal(test.images, ref_test.images)
+    assert torch.equal(test.labels["subject"], ref_test.labels["subject"])
+    assert test.labels["subject"].min() >= 40 and train.labels["subject"].max() < 40
+
+
+def test_real_rafdb_pools_are_the_official_splits(tmp_path):
+    """DATASET=rafdb: the training pool is the official train split (28 images), the test set the test split (14)."""
+    _write_rafdb(tmp_path)
+    cfg = config.resolve("margin_mix", "smoke", "rafdb", str(tmp_path), "cpu", 1, str(tmp_path / "run"))
+    train, test = mm.load_data(cfg)["table4"]
+    assert (len(train), len(test)) == (28, 14)
+    assert train.images.shape[-1] == cfg.hp["image_size"]

@@ -399,3 +399,201 @@ def test_a_run_on_fake_cuda(method, tmp_path, monkeypatch):
         assert data["A"]["train"].images.device.type == "cuda"
         r = udat_as.run(cfg, data, "table1", "A_to_B", method, 0.1, 0)
     assert math.isfinite(r["test"]) and r["feat_target"].device.type == "cpu"
+
+
+# ----------------------------------------------------------------------------- timing projection
+def _timing_inputs():
+    """Hand-built sweeps/results: plain runs take 2, 4 (first seed) and 6, 8 s (second seed); UDAT runs 3, 5
+    (first seed, two lambdas) and 10 s (second seed). results[k][0] repeats the first seed's chosen run."""
+    s = lambda *xs: [{"seconds": float(x)} for x in xs]
+    sweeps = {("table1", "A_to_B", "Source only"): s(2), ("table1", "B_to_A", "Train on target"): s(4),
+              ("table1", "A_to_B", "UDAT-AS"): s(3, 5)}
+    results = {("table1", "A_to_B", "Source only"): s(2, 6), ("table1", "B_to_A", "Train on target"): s(4, 8),
+               ("table1", "A_to_B", "UDAT-AS"): s(5, 10)}
+    return sweeps, results
+
+
+def test_timing_measures_plain_and_udat_runs_without_double_counting():
+    """Table II ran: only the measured means (plain 5 s, UDAT 6 s) and the total (38 s); the first seed's
+    chosen run, repeated in results, is counted once."""
+    from types import SimpleNamespace
+
+    sweeps, results = _timing_inputs()
+    cfg = SimpleNamespace(seeds=(0, 1), n_train=64, batch_size=16, epochs=2, n_pretrain=96, pretrain_epochs=3,
+                          lambdas=(0.1, 0.5, 1.0))
+    out = udat_as.timing(cfg, sweeps, results, table2_run=True)
+    assert out == {"mean_seconds_per_plain_run": 5.0, "mean_seconds_per_udat_run": 6.0, "training_seconds": 38.0}
+
+
+def test_timing_projects_table2_by_hand():
+    """Table II skipped: per step 5 s / (64 // 16 * 2) = 0.625 s; pre-training 96 // 16 * 3 = 18 steps = 11.25 s;
+    plain rows 2 directions x 2 rows x 2 seeds x 5 s = 40 s; UDAT rows 2 x 3 x (3 lambdas + 1 other seed) x 6 s
+    = 144 s (same protocol) or 2 x 3 x 2 seeds x 6 s = 72 s (chosen lambda only)."""
+    from types import SimpleNamespace
+
+    sweeps, results = _timing_inputs()
+    cfg = SimpleNamespace(seeds=(0, 1), n_train=64, batch_size=16, epochs=2, n_pretrain=96, pretrain_epochs=3,
+                          lambdas=(0.1, 0.5, 1.0))
+    out = udat_as.timing(cfg, sweeps, results, table2_run=False)
+    assert out["table2_projected_minutes_same_protocol"] == pytest.approx((11.25 + 40 + 144) / 60, rel=1e-12)
+    assert out["table2_projected_minutes_chosen_lambda_only"] == pytest.approx((11.25 + 40 + 72) / 60, rel=1e-12)
+    assert set(out) == {"mean_seconds_per_plain_run", "mean_seconds_per_udat_run", "training_seconds",
+                        "table2_projected_minutes_same_protocol", "table2_projected_minutes_chosen_lambda_only"}
+    # fewer training images than one batch: no division by zero, a plain run counts as one step (5 s per step)
+    tiny = SimpleNamespace(**{**vars(cfg), "n_train": 8})
+    out = udat_as.timing(tiny, sweeps, results, table2_run=False)
+    assert out["table2_projected_minutes_chosen_lambda_only"] == pytest.approx((5 * 18 + 40 + 72) / 60, rel=1e-12)
+
+
+# ----------------------------------------------------------------------------- ordering, by hand
+def test_ordering_by_hand_with_an_nc_row_and_an_inversion():
+    """Three seeds. UDAT-AS (mean 76) beats UDAT-AS with margin (71), and the softmax UDAT row has a
+    non-converged seed: ours = converged rows by mean, then the nc row; the claim does not hold. The
+    neighbouring differences of the claim: mean and sample sd over the seeds."""
+    tests = {"Train on target": [80, 82, 84], "UDAT-AS with margin": [70, 70, 73], "UDAT-AS": [75, 76, 77],
+             "UDAT (using softmax loss)": [60, 61, 62], "Source only": [50, 52, 54]}
+    results = {("table2", "B_to_A", m): [{"test": float(t), "nc": int(m.startswith("UDAT (") and s == 2)}
+                                         for s, t in enumerate(ts)] for m, ts in tests.items()}
+    holds, ours, nc_rows, summary = udat_as.ordering(results, "table2", "B_to_A")
+    assert not holds and nc_rows == ["UDAT (using softmax loss)"]
+    assert ours == ["Train on target", "UDAT-AS", "UDAT-AS with margin", "Source only", "UDAT (using softmax loss)"]
+    p = "table2_B_to_A_"
+    assert summary == pytest.approx({
+        p + "Train_on_target_minus_UDAT-AS_with_margin": 11.0, p + "Train_on_target_minus_UDAT-AS_with_margin_sd": 1.0,
+        p + "UDAT-AS_with_margin_minus_UDAT-AS": -5.0, p + "UDAT-AS_with_margin_minus_UDAT-AS_sd": 1.0,
+        p + "UDAT-AS_minus_UDAT_using_softmax_loss": 15.0, p + "UDAT-AS_minus_UDAT_using_softmax_loss_sd": 0.0,
+        p + "UDAT_using_softmax_loss_minus_Source_only": 9.0, p + "UDAT_using_softmax_loss_minus_Source_only_sd": 1.0,
+        p + "ordering_holds": 0.0, p + "nc_rows": 1.0}, abs=1e-12)
+
+
+# ----------------------------------------------------------------------------- the net, the domains, the pools
+def test_make_net_builds_the_presets_network(tmp_path):
+    """make_net: the preset's widths, dropout, angular s and m, the domain head asked for, lambda in the
+    reversal layer; no domain classifier without a head."""
+    cfg = config.resolve("udat_as", "smoke", "synthfacs", None, "cpu", 1, tmp_path, domain_dim=12, dropout=0.25,
+                         fc_dim=24, angular_scale=30.0, angular_margin=0.3)
+    net = udat_as.make_net(cfg, "angular_margin", 0.7)
+    assert net.fc1[0].out_features == 24 and net.fc4.out_features == 7 and net.drop.p == 0.25
+    assert net.domain.head == "angular_margin" and net.domain.body[0].out_features == 12
+    assert (net.domain.out.scale, net.domain.out.margin) == (30.0, 0.3) and net.lambda_ == 0.7
+    plain = udat_as.make_net(cfg)
+    assert plain.domain is None and plain.drop.p == 0.25
+
+
+def test_synthfacs_domains_and_identity_pool_are_the_documented_generations(tmp_path):
+    """DATASET=synthfacs: A = lab, B = wild; pools generated with seeds 11/21/31 (+1 for B) and subjects from
+    10,000 (A) / 20,000 (B), +1,000 val, +2,000 test; the pre-training pool: lab and wild halves (seeds 41, 42)
+    of disjoint subjects from 50,000, labelled by identity (lab identities first, each in subject order)."""
+    from fer_nb.data import synthfacs
+
+    cfg = config.resolve("udat_as", "smoke", "synthfacs", None, "cpu", 1, tmp_path, n_train=6, n_val=3, n_test=4,
+                         n_subjects=3, n_pretrain=12, pretrain_subjects=4)
+    dom = udat_as.load_domains(cfg)
+    assert dom["names"] == {"A": "lab", "B": "wild"}
+    for k, (key, domain) in enumerate((("A", "lab"), ("B", "wild"))):
+        for j, (split, n) in enumerate((("train", 6), ("val", 3), ("test", 4))):
+            ref = synthfacs.generate(n, seed=11 + 10 * j + k, domain=domain, image_size=32, n_subjects=3,
+                                     subject_offset=10_000 * (k + 1) + 1000 * j, wild_severity=cfg.wild_severity)
+            got = dom["data"][key][split]
+            assert got.images.shape == (n, 3, 32, 32), (key, split)
+            assert torch.equal(got.images, udat_as.three_channels(ref).images), (key, split)
+            assert torch.equal(got.labels["subject"], ref.labels["subject"]), (key, split)
+    pre = dom["pretrain"]
+    halves = [synthfacs.generate(6, seed=41 + k, domain=d, image_size=32, n_subjects=2, subject_offset=50_000 + 2 * k,
+                                 wild_severity=cfg.wild_severity) for k, d in enumerate(("lab", "wild"))]
+    assert torch.equal(pre.images, torch.cat([udat_as.three_channels(h).images for h in halves]))
+    keys = [(k, int(s)) for k, h in enumerate(halves) for s in h.labels["subject"]]
+    order = sorted(set(keys))
+    assert pre.labels["expression"].tolist() == [order.index(key) for key in keys]
+    assert dom["n_ids"] == len(order) and pre.class_names == tuple(str(i) for i in range(len(order)))
+    assert pre.name == "identities"
+
+
+def test_three_channels_keeps_labels_names_and_info():
+    grey = FaceArrays(torch.arange(8, dtype=torch.uint8).view(2, 1, 2, 2), {"expression": torch.tensor([1, 2])},
+                      "g", EXPRESSIONS[:7], {"contempt_dropped": 3})
+    rgb = udat_as.three_channels(grey)
+    assert rgb.images.shape == (2, 3, 2, 2) and all(torch.equal(rgb.images[:, c], grey.images[:, 0]) for c in range(3))
+    assert (rgb.name, rgb.class_names, rgb.info) == ("g", EXPRESSIONS[:7], {"contempt_dropped": 3})
+    assert rgb.labels["expression"].tolist() == [1, 2]
+
+
+def test_real_pools_split_sizes_and_seed(tmp_path):
+    """An official test split is the test pool (RAF-DB: 7 test images); a tenth of the training split (2 of 21),
+    drawn with generator seed 7 + seed, is the validation pool and the rest the training pool."""
+    from fer_nb.data import registry
+
+    write_rafdb(tmp_path / "rafdb")
+    full = udat_as.three_channels(udat_as.seven_classes(
+        registry.load("rafdb", tmp_path, split="train", image_size=32, channels=3, cache=False)))
+    for seed in (0, 1):
+        pools = udat_as.real_pools("rafdb", tmp_path, 32, 1000, 1000, 1000, seed=seed, cache=False)
+        assert {k: len(v) for k, v in pools.items()} == {"train": 19, "val": 2, "test": 7}
+        val = torch.randperm(21, generator=torch.Generator().manual_seed(7 + seed))[:2]
+        assert torch.equal(pools["val"].images, full.images[val]), seed
+
+
+def test_real_pools_subject_split_seeds(tmp_path):
+    """One-split dataset (JAFFE, 10 posers): test subjects drawn with ``seed`` (20 %), validation subjects among
+    the rest with ``seed + 1`` (15 %)."""
+    from fer_nb.data import registry
+    from fer_nb.data.splits import train_val_by_subject
+
+    write_jaffe(tmp_path / "jaffe")
+    subjects = registry.load("jaffe", tmp_path, split="all", image_size=32, channels=3, cache=False).labels["subject"]
+    for seed in (0, 1):
+        pools = udat_as.real_pools("jaffe", tmp_path, 32, 1000, 1000, 1000, seed=seed, cache=False)
+        rest, test_idx = train_val_by_subject(subjects, 0.2, seed=seed)
+        tr, va = train_val_by_subject(subjects[rest], 0.15, seed=seed + 1)
+        got = {k: set(v.labels["subject"].tolist()) for k, v in pools.items()}
+        assert got == {"train": set(subjects[rest][tr].tolist()), "val": set(subjects[rest][va].tolist()),
+                       "test": set(subjects[test_idx].tolist())}, seed
+        assert (len(got["test"]), len(got["val"]), len(got["train"])) == (2, 1, 7)
+
+
+# ----------------------------------------------------------------------------- one run's wiring
+def test_run_trains_the_rows_data_and_reports_target_and_source(tmp_path, monkeypatch):
+    """run(): which pool is labelled (target for "Train on target", source otherwise), the target training pool
+    as unlabelled data for the UDAT rows only, the checkpoint name and the run hash (table, direction, method,
+    lambda, seed; recorded runs are found by it), the preset's epochs; val/test on the target, features of the
+    source and target test sets."""
+    cfg = config.resolve("udat_as", "smoke", "synthfacs", None, "cpu", 1, tmp_path, epochs=3)
+    pool = lambda name: FaceArrays(torch.zeros(2, 3, 32, 32, dtype=torch.uint8), {"expression": torch.zeros(2)}, name)
+    data = {k: {s: pool(f"{k}-{s}") for s in ("train", "val", "test")} for k in "AB"}
+    trained = []
+
+    def fake_train_run(cfg_, net, labelled, unlabelled, seed, name, run_hash, epochs, progress=False):
+        trained.append(dict(net=net, labelled=labelled.name, unlabelled=unlabelled and unlabelled.name, seed=seed,
+                            name=name, run_hash=run_hash, epochs=epochs))
+        return "history"
+
+    scores = {"A-val": 1.0, "A-test": 2.0, "B-val": 3.0, "B-test": 4.0}
+    monkeypatch.setattr(udat_as, "train_run", fake_train_run)
+    monkeypatch.setattr(udat_as, "evaluate", lambda net, ds, device: {
+        "acc": scores[ds.name], "nc": int(ds.name == "A-test"), "feat": torch.full((1, 2), scores[ds.name])})
+    for method, direction, lam, seed in (("Train on target", "A_to_B", 0.0, 0), ("Source only", "B_to_A", 0.0, 1),
+                                         ("UDAT-AS with margin", "A_to_B", 0.5, 2), ("UDAT-AS", "B_to_A", 1.0, 0)):
+        src, tgt = udat_as.DIRECTIONS[direction]
+        spec = udat_as.METHODS[method]
+        r = udat_as.run(cfg, data, "table2", direction, method, lam, seed)
+        t = trained[-1]
+        assert t["labelled"] == f"{tgt if method == 'Train on target' else src}-train", method
+        assert t["unlabelled"] == (f"{tgt}-train" if spec["head"] else None), method
+        assert t["run_hash"] == cfg.run_hash(table="table2", direction=direction, method=method, lam=lam, seed=seed)
+        assert t["name"] == f"table2-{direction}-{spec['head']}-{spec['labelled']}-l{lam}-s{seed}"
+        assert (t["seed"], t["epochs"], t["net"].lambda_) == (seed, 3, lam)
+        assert (t["net"].domain is None) == (spec["head"] is None)
+        assert (r["val"], r["test"], r["nc"], r["lambda"], r["history"]) == (
+            scores[f"{tgt}-val"], scores[f"{tgt}-test"], int(tgt == "A"), lam, "history")
+        assert float(r["feat_source"][0, 0]) == scores[f"{src}-test"]
+        assert float(r["feat_target"][0, 0]) == scores[f"{tgt}-test"]
+        assert r["seconds"] >= 0
+    assert len({t["run_hash"] for t in trained}) == 4
+
+
+def test_cell_mean_and_sample_sd_of_the_seeds():
+    """A cell: mean and sample sd (ddof 1) of the test accuracy over seeds; sd 0 for one seed; "nc" if any seed is nc."""
+    r = lambda *ts: [{"test": t, "nc": 0} for t in ts]
+    assert udat_as.cell(r(60.0, 64.0, 62.0)) == {"value": 62.0, "std": 2.0}
+    assert udat_as.cell(r(55.5)) == {"value": 55.5, "std": 0.0}
+    assert udat_as.cell(r(60.0) + [{"test": 90.0, "nc": 1}]) == {"value": "nc"}
