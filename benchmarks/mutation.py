@@ -46,7 +46,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "mutation"
 EQUIVALENT = RESULTS / "equivalent.yaml"
-#: tests written after the run: ``test id -> [mutants it kills]``, each checked by the ``verify`` step
+#: tests written after the run: ``test id or test file -> [mutants it kills]``, checked by the ``verify`` step
 VERIFIED = RESULTS / "killed_after_run.yaml"
 
 #: group name -> path prefixes (relative to the repository) of the mutated files
@@ -207,32 +207,60 @@ def load_verified(path: Path = VERIFIED) -> dict[str, list[str]]:
     return (yaml.safe_load(path.read_text()) or {}) if path.is_file() else {}
 
 
-def verify(workdir: Path, verified: Mapping[str, Sequence[str]]) -> dict[str, list[str]]:
-    """Run each test of ``verified`` (from this repository's ``tests/``) against the mutated package in
-    ``workdir/mutants``: once with no mutant (it must pass) and once per listed mutant, switched on
-    by mutmut's own ``MUTANT_UNDER_TEST`` variable (it must fail). Returns ``{"killed": [...],
-    "not_killed": [...], "broken_tests": [...]}``."""
+#: run in a child interpreter inside ``WORKDIR/mutants``: each test of the JSON job list on stdin
+#: once with no mutant, then once per mutant (``-x``), switching mutants with mutmut's own variable
+#: ``MUTANT_UNDER_TEST``, which the mutated package reads on every call; prints the verdicts as JSON
+_VERIFY_DRIVER = r"""
+import contextlib, io, json, os, sys
+import pytest
+jobs = json.loads(sys.stdin.read())
+
+def fails(test, mutant):
+    os.environ.pop("MUTANT_UNDER_TEST", None)
+    if mutant:
+        os.environ["MUTANT_UNDER_TEST"] = mutant
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        return int(pytest.main(test.split() + ["-q", "-x", "-p", "no:cacheprovider", "-p", "no:xdist"])) != 0
+
+out = {"killed": [], "not_killed": [], "broken_tests": []}
+for test, mutants in jobs:
+    if fails(test, None):
+        out["broken_tests"].append(test)
+        continue
+    for m in mutants:
+        out["killed" if fails(test, m) else "not_killed"].append(m)
+print("VERIFY-RESULT " + json.dumps(out))
+"""
+
+
+def verify(workdir: Path, verified: Mapping[str, Sequence[str]], workers: int = 2) -> dict[str, list[str]]:
+    """Run each test of ``verified`` (a test id ``tests/x.py::test_y``, a whole file ``tests/x.py``, or
+    several files separated by spaces, from this repository) against the mutated package in ``workdir/mutants``: once with no mutant (it
+    must pass) and once per listed mutant (it must fail). ``workers`` child interpreters share the
+    tests. Returns ``{"killed": [...], "not_killed": [...], "broken_tests": [...]}``."""
     import mutmut
-
-    path = os.pathsep.join([str(Path(mutmut.__file__).resolve().parents[1]), str(workdir / "mutants")])
-    base = dict(os.environ, PYTHONPATH=path, OMP_NUM_THREADS="1")
-    base.pop("MUTANT_UNDER_TEST", None)
-
-    def passes(test: str, mutant: str | None) -> bool:
-        env = base | ({"MUTANT_UNDER_TEST": mutant} if mutant else {})
-        cmd = [sys.executable, "-m", "pytest", str(ROOT / test), "-q", "-x", "-p", "no:cacheprovider", "-p", "no:xdist"]
-        return subprocess.call(cmd, cwd=workdir / "mutants", env=env, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL) == 0
-
     from concurrent.futures import ThreadPoolExecutor
 
+    path = os.pathsep.join([str(Path(mutmut.__file__).resolve().parents[1]), str(workdir / "mutants")])
+    env = dict(os.environ, PYTHONPATH=path, OMP_NUM_THREADS="1")
+    env.pop("MUTANT_UNDER_TEST", None)
+    jobs = [[" ".join(str(ROOT / t) for t in test.split()), list(mutants)] for test, mutants in verified.items()]
+    shares = [jobs[i::workers] for i in range(workers)]
+
+    def child(share):
+        done = subprocess.run([sys.executable, "-c", _VERIFY_DRIVER], cwd=workdir / "mutants", env=env,
+                              input=json.dumps(share), capture_output=True, text=True)
+        line = next((ln for ln in done.stdout.splitlines() if ln.startswith("VERIFY-RESULT ")), None)
+        if line is None:
+            raise RuntimeError(f"verify child failed: {done.stderr[-2000:]}")
+        return json.loads(line[len("VERIFY-RESULT "):])
+
     out: dict[str, list[str]] = {"killed": [], "not_killed": [], "broken_tests": []}
-    with ThreadPoolExecutor(max_workers=2) as pool:     # each job is a pytest process
-        clean = dict(zip(verified, pool.map(lambda t: passes(t, None), verified)))
-        out["broken_tests"] = [t for t, ok in clean.items() if not ok]
-        jobs = [(t, m) for t, ms in verified.items() if clean[t] for m in ms]
-        for (t, m), survived in zip(jobs, pool.map(lambda tm: passes(*tm), jobs)):
-            out["not_killed" if survived else "killed"].append(m)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for part in pool.map(child, [sh for sh in shares if sh]):
+            for key in out:
+                out[key] += part[key]
+    out["broken_tests"] = [" ".join(str(Path(t).relative_to(ROOT)) for t in b.split()) for b in out["broken_tests"]]
     return out
 
 
