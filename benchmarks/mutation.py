@@ -179,23 +179,26 @@ def summarise(results: Mapping[str, Mapping[str, int | None]], sample: Mapping[s
     wrong = sorted(m for m in equivalent if m in codes and status(codes[m]) == "killed")
     if wrong:
         raise ValueError(f"mutants listed as equivalent were killed (stale {EQUIVALENT.name}?): {wrong[:5]}")
+    def n_equivalent(names):     # equivalent mutants among the checked ones (an unchecked one is in no count)
+        return sum(1 for m in names if m in equivalent and status(codes.get(m)) != "not checked")
+
     out = {"groups": {}, "modules": {}}
     everything: list[str] = []
     for group, names in sample.items():
         st = [status(codes.get(m)) for m in names]
-        out["groups"][group] = score(st, sum(1 for m in names if m in equivalent))
+        out["groups"][group] = score(st, n_equivalent(names))
         everything += names
-    out["overall"] = score([status(codes.get(m)) for m in everything], sum(1 for m in everything if m in equivalent))
+    out["overall"] = score([status(codes.get(m)) for m in everything], n_equivalent(everything))
     papers = sample.get("papers", [])
     for label, keep in (("training", False), ("presentation", True)):
         names = [m for m in papers if is_presentation(m) == keep]
         out["groups"][f"papers ({label})"] = score([status(codes.get(m)) for m in names],
-                                                    sum(1 for m in names if m in equivalent))
+                                                    n_equivalent(names))
     by_module = collections.defaultdict(list)
     for m in everything:
         by_module[module_of(m)].append(m)
     for mod, names in sorted(by_module.items()):
-        out["modules"][mod] = score([status(codes.get(m)) for m in names], sum(1 for m in names if m in equivalent))
+        out["modules"][mod] = score([status(codes.get(m)) for m in names], n_equivalent(names))
     out["survivors"] = sorted(m for m in everything if status(codes.get(m)) in ("survived", "no tests", "timeout",
                                                                                   "suspicious")
                               and m not in equivalent)
@@ -389,8 +392,10 @@ def main(argv: Sequence[str] | None = None) -> dict | None:
     after = json.loads(checked.read_text())["killed"] if checked.is_file() else []
     at_run = summarise(read_results(args.workdir), saved["sample"], load_equivalent())
     payload["at_run"] = {"overall": at_run["overall"], "groups": at_run["groups"]}
-    payload["killed_after_run"] = {"count": len(after), "how": "tests written after the run, each run with the "
-                                   "mutant switched on (python -m benchmarks.mutation verify); see killed_after_run.yaml"}
+    how = (json.loads(checked.read_text()).get("source") if checked.is_file() else None) or (
+        "tests written after the run, each run with the mutant switched on (python -m benchmarks.mutation "
+        "verify); see killed_after_run.yaml")
+    payload["killed_after_run"] = {"count": len(after), "how": how}
     payload |= summarise(read_results(args.workdir), saved["sample"], load_equivalent(), after)
     payload["sample"] = saved["sample"]
     args.output.parent.mkdir(parents=True, exist_ok=True)
