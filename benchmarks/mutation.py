@@ -320,11 +320,12 @@ def draw(workdir: Path, sizes: Mapping[str, int], seed: int,
         sample[group] = stratified_sample(population, sizes.get(group, total), rng)
     if subsizes:
         rng2 = np.random.default_rng(seed + 1)
+        file_of = {name: f for f, ms in results.items() for name in ms}
         for group in GROUPS:
             if group in subsizes:
                 by_file = collections.defaultdict(list)
                 for name in sample[group]:
-                    by_file[next(f for f, ms in results.items() if name in ms)].append(name)
+                    by_file[file_of[name]].append(name)
                 sample[group] = stratified_sample(dict(by_file), subsizes[group], rng2)
     return sample
 
@@ -382,21 +383,22 @@ def main(argv: Sequence[str] | None = None) -> dict | None:
         print({k: len(v) if isinstance(v, list) else v for k, v in checked.items()})
         return checked
     saved = json.loads(plan.read_text())
+    results, equivalent = read_results(args.workdir), load_equivalent()
     payload = {"tool": "mutmut 3.8.1", "date": time.strftime("%Y-%m-%d"), "seed": saved["seed"],
                "sample_sizes": saved["sizes"],
                "subsample_sizes": saved.get("subsample", ""),
-               "population": {g: sum(len(ms) for f, ms in read_results(args.workdir).items() if group_of(f) == g)
-                              for g in GROUPS},
+               "population": {g: sum(len(ms) for f, ms in results.items() if group_of(f) == g) for g in GROUPS},
                "tests": list(TESTS), "deselected": list(DESELECT), "presentation_functions": list(PRESENTATION)}
-    checked = args.workdir / "verified.json"
-    after = json.loads(checked.read_text())["killed"] if checked.is_file() else []
-    at_run = summarise(read_results(args.workdir), saved["sample"], load_equivalent())
+    checked_path = args.workdir / "verified.json"
+    checked = json.loads(checked_path.read_text()) if checked_path.is_file() else {}
+    after = checked.get("killed", [])
+    at_run = summarise(results, saved["sample"], equivalent)
     payload["at_run"] = {"overall": at_run["overall"], "groups": at_run["groups"]}
-    how = (json.loads(checked.read_text()).get("source") if checked.is_file() else None) or (
+    how = checked.get("source") or (
         "tests written after the run, each run with the mutant switched on (python -m benchmarks.mutation "
         "verify); see killed_after_run.yaml")
     payload["killed_after_run"] = {"count": len(after), "how": how}
-    payload |= summarise(read_results(args.workdir), saved["sample"], load_equivalent(), after)
+    payload |= summarise(results, saved["sample"], equivalent, after)
     payload["sample"] = saved["sample"]
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(payload, indent=1, ensure_ascii=False) + "\n")
