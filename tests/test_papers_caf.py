@@ -295,19 +295,23 @@ _PAPER_CAF_ROWS = ["CAF w/ Delta (ResNet18)", "CAF w/ Delta (AlexNet (tuned))", 
                    "CAF w/ linear kappa' (AlexNet (tuned))"]
 
 
+_SMALL_SYNTH = SimpleNamespace(dataset="synthfacs", scale="small")
+
+
 def test_compare_keeps_our_rows_and_the_papers_caf_rows_and_marks_nc(monkeypatch):
     asked = []
 
-    def fake_recorded(paper, *a, **k):
-        asked.append(paper)
-        return {"tables": {"table4": {"GramNet (AlexNet (tuned))": {"status": "nc", "nc_seeds": 3}}}}
+    def fake_recorded_for(paper, scale, dataset):
+        asked.append((paper, scale, dataset))
+        return {"provenance": {"dataset": "synthfacs", "scale": "small", "seeds": [0, 1, 2]},
+                "tables": {"table4": {"GramNet (AlexNet (tuned))": {"status": "nc", "nc_seeds": 3}}}}
 
-    monkeypatch.setattr(report, "load_recorded", fake_recorded)
+    monkeypatch.setattr(report, "recorded_for", fake_recorded_for)
     tables = {"table4": {"CAF w/ Delta (AlexNet (tuned))": {"rmse_v": 0.3, "rmse_v_std": 0.01, "ccc_v": 0.5},
                          "no critic (AlexNet (tuned))": {"status": "nc", "nc_seeds": 2},
                          "my extra row": {"rmse_v": 0.5, "ccc_v": 0.25}}}
-    f = caf.compare(tables, "table4", ["rmse_v", "ccc_v"])
-    assert asked and set(asked) == {"caf"}
+    f = caf.compare(tables, "table4", ["rmse_v", "ccc_v"], _SMALL_SYNTH)
+    assert asked == [("caf", "small", "synthfacs")]
     assert list(f.columns) == _COLS and list(f.index) == list(range(len(f)))
     rows = list(dict.fromkeys(f["row"]))
     assert rows == ["no critic (AlexNet (tuned))", "GramNet (AlexNet (tuned))", "CAF w/ Delta (ResNet18)",
@@ -323,30 +327,45 @@ def test_compare_keeps_our_rows_and_the_papers_caf_rows_and_marks_nc(monkeypatch
     assert cell("CAF w/ Delta (AlexNet (tuned))", "paper") == [0.2216, 0.80]
     assert cell("my extra row", "this run") == ["0.500", "0.250"]
     assert "nc" not in f["recorded"].tolist()[: 2] and "nc" not in cell("my extra row", "this run")
+    assert set(f["delta"]) == {"—"}      # a SynthFACS run is never compared with AffectNet numbers
+    assert f.attrs["this_run"] == "small · synthfacs"
 
 
 def test_compare_without_this_run_or_recorded_rows_shows_the_papers_caf_rows(monkeypatch):
-    monkeypatch.setattr(report, "load_recorded", lambda paper, *a, **k: None)
-    f = caf.compare({}, "table4", ["rmse_v"])
+    monkeypatch.setattr(report, "recorded_for", lambda paper, scale, dataset: None)
+    f = caf.compare({}, "table4", ["rmse_v"], _SMALL_SYNTH)
     assert list(f.columns) == _COLS and f["row"].tolist() == _PAPER_CAF_ROWS
     assert set(f["this run"]) == {"—"} and set(f["recorded"]) == {"—"}
-    monkeypatch.setattr(report, "load_recorded", lambda paper, *a, **k: {"tables": {}})
-    f = caf.compare({"table1": {}}, "table4", ["rmse_v"])
+    monkeypatch.setattr(report, "recorded_for", lambda paper, scale, dataset: {"tables": {}})
+    f = caf.compare({"table1": {}}, "table4", ["rmse_v"], _SMALL_SYNTH)
     assert f["row"].tolist() == _PAPER_CAF_ROWS
-    f = caf.compare({"table4": {}}, "table1", ["rmse_v"])
+    f = caf.compare({"table4": {}}, "table1", ["rmse_v"], _SMALL_SYNTH)
     assert f["row"].tolist() == ["Ours (ResNet18)", "Ours (AlexNet (tuned))"]
 
 
-@pytest.mark.xfail(strict=True, reason="caf.compare calls report.compare without cfg/recorded: since "
-                   "report.compare picks the recorded run by dataset/scale, the 'recorded' column shows '—' "
-                   "for every recorded number (only 'nc' rows are filled in by caf.compare)")
-def test_compare_recorded_column_shows_the_recorded_small_run():
-    rec = report.load_recorded("caf")
+def test_compare_recorded_column_shows_the_recorded_run_of_the_same_dataset():
+    """The committed recorded run (small, SynthFACS) is shown beside a small or smoke SynthFACS run,
+    never beside a run on another dataset, and not when the run is not named (no cfg)."""
+    rec = report.recorded_for("caf", "small", "synthfacs")
     assert rec is not None
     row = rec["tables"]["table4"]["CAF w/ Delta (AlexNet (tuned))"]
-    f = caf.compare({}, "table4", ["rmse_v"])
-    got = f.loc[f["row"] == "CAF w/ Delta (AlexNet (tuned))", "recorded"].tolist()
-    assert got == [report.fmt_mean_std(row["rmse_v"], row.get("rmse_v_std"))]
+    want = [report.fmt_mean_std(row["rmse_v"], row.get("rmse_v_std"))]
+    for scale in ("small", "smoke"):
+        f = caf.compare({}, "table4", ["rmse_v"], SimpleNamespace(dataset="synthfacs", scale=scale))
+        assert f.loc[f["row"] == "CAF w/ Delta (AlexNet (tuned))", "recorded"].tolist() == want, scale
+        assert f.attrs["recorded"].startswith("small · synthfacs"), f.attrs["recorded"]
+    for cfg in (None, SimpleNamespace(dataset="affectnet", scale="small")):
+        f = caf.compare({}, "table4", ["rmse_v"], cfg)
+        assert set(f["recorded"]) == {"—"} and f.attrs["recorded"] == "—"
+
+
+def test_compare_delta_only_on_the_papers_dataset():
+    ours = {"table1": {"Ours (ResNet18)": {"rmse_v": 0.40, "rmse_v_std": 0.02}}}
+    pub = report.load_paper("caf")["tables"]["table1"]["rows"]["Ours (ResNet18)"]["rmse_v"]
+    f = caf.compare(ours, "table1", ["rmse_v"], SimpleNamespace(dataset="affectnet", scale="small"))
+    assert f.loc[f["row"] == "Ours (ResNet18)", "delta"].tolist() == [report.fmt_number(0.40 - pub)]
+    f = caf.compare(ours, "table1", ["rmse_v"], SimpleNamespace(dataset="synthfacs", scale="small"))
+    assert f.loc[f["row"] == "Ours (ResNet18)", "delta"].tolist() == ["—"]
 
 
 def _pi_row(rv, ra, cv, ca, sagr=0.9):

@@ -450,11 +450,18 @@ def wide(tables: dict, table: str, metric_list):
                                for m in metric_list} for row, v in tables.get(table, {}).items()}).T
 
 
-def compare(tables: dict, table: str, metric_list):
-    """paper | recorded | this run for our rows and the paper's CAF rows ("nc" rows shown as nc)."""
-    frame = report.compare("caf", table, tables.get(table, {}), metrics=metric_list)
-    recorded = (report.load_recorded("caf") or {}).get("tables", {}).get(table, {})
-    for column, rows in (("this run", tables.get(table, {})), ("recorded", recorded)):
+def compare(tables: dict, table: str, metric_list, cfg=None):
+    """paper | recorded | this run for our rows and the paper's CAF rows ("nc" rows shown as nc).
+
+    ``cfg``: this run's configuration; it chooses the recorded run shown beside it (the same dataset
+    and scale, or for a smoke run the largest recorded scale of the same dataset: see
+    :func:`fer_nb.report.recorded_for`) and whether a delta to the paper is computed. Without it
+    there is neither a recorded column nor a delta."""
+    dataset, scale = (cfg.dataset, cfg.scale) if cfg is not None else (None, None)
+    recorded = report.recorded_for("caf", scale, dataset)
+    frame = report.compare("caf", table, tables.get(table, {}), metrics=metric_list, cfg=cfg, recorded=recorded)
+    recorded_rows = (recorded or {}).get("tables", {}).get(table, {})
+    for column, rows in (("this run", tables.get(table, {})), ("recorded", recorded_rows)):
         nc_rows = [r for r, v in rows.items() if v.get("status") == "nc"]
         frame.loc[frame["row"].isin(nc_rows), column] = "nc"
     keep = frame["row"].isin(list(tables.get(table, {}))) | (frame["recorded"] != "—") | \
