@@ -236,9 +236,11 @@ print("VERIFY-RESULT " + json.dumps(out))
 """
 
 
-def verify(workdir: Path, verified: Mapping[str, Sequence[str]], workers: int = 2) -> dict[str, list[str]]:
+def verify(workdir: Path, verified: Mapping[str, Sequence[str]], workers: int = 2,
+           tests_root: Path = ROOT) -> dict[str, list[str]]:
     """Run each test of ``verified`` (a test id ``tests/x.py::test_y``, a whole file ``tests/x.py``, or
-    several files separated by spaces, from this repository) against the mutated package in ``workdir/mutants``: once with no mutant (it
+    several files separated by spaces, under ``tests_root``: this repository, or ``workdir/mutants``
+    when the repository's tests have since moved on with its code) against the mutated package in ``workdir/mutants``: once with no mutant (it
     must pass) and once per listed mutant (it must fail). ``workers`` child interpreters share the
     tests. Returns ``{"killed": [...], "not_killed": [...], "broken_tests": [...]}``."""
     import mutmut
@@ -247,7 +249,7 @@ def verify(workdir: Path, verified: Mapping[str, Sequence[str]], workers: int = 
     path = os.pathsep.join([str(Path(mutmut.__file__).resolve().parents[1]), str(workdir / "mutants")])
     env = dict(os.environ, PYTHONPATH=path, OMP_NUM_THREADS="1")
     env.pop("MUTANT_UNDER_TEST", None)
-    jobs = [[" ".join(str(ROOT / t) for t in test.split()), list(mutants)] for test, mutants in verified.items()]
+    jobs = [[" ".join(str(tests_root / t) for t in test.split()), list(mutants)] for test, mutants in verified.items()]
     shares = [jobs[i::workers] for i in range(workers)]
 
     def child(share):
@@ -263,7 +265,7 @@ def verify(workdir: Path, verified: Mapping[str, Sequence[str]], workers: int = 
         for part in pool.map(child, [sh for sh in shares if sh]):
             for key in out:
                 out[key] += part[key]
-    out["broken_tests"] = [" ".join(str(Path(t).relative_to(ROOT)) for t in b.split()) for b in out["broken_tests"]]
+    out["broken_tests"] = [" ".join(str(Path(t).relative_to(tests_root)) for t in b.split()) for b in out["broken_tests"]]
     return out
 
 
@@ -349,6 +351,9 @@ def main(argv: Sequence[str] | None = None) -> dict | None:
     ap.add_argument("--seed", type=int, default=2026)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--output", type=Path, default=RESULTS / "sample.json")
+    ap.add_argument("--tests-root", type=Path, default=ROOT,
+                    help="verify: the folder holding tests/ (default: this repository; WORKDIR/mutants for the "
+                         "tests as they were copied there, when the repository's code has changed since)")
     args = ap.parse_args(argv)
     plan = args.workdir / "sample.json"
     if args.step == "prepare":
@@ -377,7 +382,7 @@ def main(argv: Sequence[str] | None = None) -> dict | None:
     if args.step == "verify":
         _require_mutmut()
         t0 = time.time()
-        checked = verify(args.workdir, load_verified())
+        checked = verify(args.workdir, load_verified(), args.workers, args.tests_root.resolve())
         checked["seconds"] = round(time.time() - t0)
         (args.workdir / "verified.json").write_text(json.dumps(checked, indent=1))
         print({k: len(v) if isinstance(v, list) else v for k, v in checked.items()})

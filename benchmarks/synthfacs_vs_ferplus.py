@@ -43,7 +43,10 @@ OUT = report.RESULTS / "datasets" / "synthfacs-vs-ferplus.json"
 SETTINGS = [
     ("lab", {"domain": "lab"}),
     ("lab, label noise 0.3", {"domain": "lab", "label_noise": 0.3}),
+    ("lab, label noise 0.45", {"domain": "lab", "label_noise": 0.45}),
     ("wild 0.0", {"domain": "wild", "wild_severity": 0.0}),
+    ("wild 0.1", {"domain": "wild", "wild_severity": 0.1}),
+    ("wild 0.15", {"domain": "wild", "wild_severity": 0.15}),
     ("wild 0.25", {"domain": "wild", "wild_severity": 0.25}),
     ("wild 0.5", {"domain": "wild", "wild_severity": 0.5}),
     ("wild 1.0", {"domain": "wild", "wild_severity": 1.0}),

@@ -243,3 +243,12 @@ def test_domain_alignment_number():
     assert proxy_a_distance(0.5) == 0.0 and proxy_a_distance(0.0) == 2.0
     with pytest.raises(ValueError, match="same D"):
         domain_alignment(torch.randn(10, 3), torch.randn(10, 4))
+
+
+def test_lambda_may_be_a_one_element_tensor_but_not_a_longer_one():
+    x = torch.ones(3, requires_grad=True)
+    grad_reverse(x, torch.tensor(0.25)).sum().backward()           # a 0-d tensor (a schedule's output)
+    torch.testing.assert_close(x.grad, torch.full((3,), -0.25))
+    assert GradientReversal(torch.tensor([0.5])).lambda_ == 0.5
+    with pytest.raises(ValueError, match=r"lambda must be a scalar, got a tensor of shape \(2,\)"):
+        GradientReversal(torch.tensor([0.5, 0.5]))

@@ -145,3 +145,25 @@ def test_bad_inputs_name_the_fix():
         MarginMixLoss(3)(torch.randn(2, 4), torch.tensor([0, 1]), centroids=torch.randn(3, 5))
     with pytest.raises(TypeError):
         MarginMixLoss(3)(torch.randn(2, 4), torch.tensor([0.0, 1.0]))
+
+
+def test_margin_mix_messages_name_the_loss_and_the_row_counts():
+    loss = MarginMixLoss(3)
+    with pytest.raises(ValueError, match=r"^MarginMixLoss: labels \(\(4,\)\) and embeddings \(5 rows\) differ"):
+        loss(torch.randn(5, 2), torch.zeros(4, dtype=torch.long))
+    t = torch.eye(3)[torch.tensor([0, 1, 2, 0])]
+    with pytest.raises(ValueError, match=r"^MarginMixLoss: without explicit centroids pass memberships"):
+        loss.compute(torch.randn(4, 2), t)
+
+
+def test_margin_mix_on_bf16_features_computes_in_float32():
+    """bf16 features (autocast on a GPU) are cast to float32 before Eq. 3-5: the loss equals the
+    loss of the same values given as float32, to float32 precision (bf16 arithmetic is off by ~1e-2)."""
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(12, 6, generator=g).bfloat16()
+    y = torch.tensor([0, 1, 2, 0, 1, 2, 0, 1, 2, -1, 0, 1])
+    for kw in ({}, {"distance": "rbf"}, {"distance": "cosine"}):
+        loss = MarginMixLoss(3, **kw)
+        got, want = loss(x, y), loss(x.float(), y)
+        assert got.dtype == torch.float32
+        torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-6)

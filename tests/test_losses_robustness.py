@@ -859,3 +859,24 @@ def test_caf_critic_adaptive_margin_walk_matches_its_reference_when_many_distanc
     want, alpha = reference_caf_critic(z, strong.bool())
     torch.testing.assert_close(got, want)
     assert loss_fn.last["alpha"].item() == pytest.approx(alpha, rel=1e-12)
+
+
+@pytest.mark.parametrize("make", [lambda: CosFaceLoss(6, 3, scale=8.0, margin=0.2),
+                                  lambda: AngularMarginLoss(6, 3, scale=8.0, margin=0.3)])
+def test_cosine_classifier_logits_are_float32_cosines_with_or_without_autocast(make):
+    """``logits`` switches autocast off (Eq. 13-14 in fp32): on float32 features, inside a bf16
+    autocast region or not, the logits are the float32 ``s * cos`` to fp32 precision (a bf16 matmul
+    would be off by ~1e-2 at s = 8)."""
+    loss = make()
+    x = torch.randn(7, 6)
+    want = 8.0 * F.normalize(x.double(), dim=1) @ F.normalize(loss.weight.detach().double(), dim=1).T
+    y = torch.arange(7) % 3
+    for region in (torch.autocast("cpu", dtype=torch.bfloat16), torch.autocast("cpu", enabled=False)):
+        with region:
+            out = loss.logits(x)
+            with_margin = loss.logits(x, y)
+        assert out.dtype == torch.float32 and with_margin.dtype == torch.float32
+        torch.testing.assert_close(out.double(), want, atol=1e-5, rtol=1e-5)
+        other = torch.ones_like(out, dtype=torch.bool)
+        other[torch.arange(7), y] = False
+        torch.testing.assert_close(with_margin.double()[other], want[other], atol=1e-5, rtol=1e-5)
