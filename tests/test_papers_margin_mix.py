@@ -582,6 +582,7 @@ def test_run_one_wiring_split_seed_run_hash_and_batches(tmp_path, monkeypatch):
         assert rh == cfg.run_hash(table="table3", method=method, n=n, seed=seed, over=sorted(over.items()))
         assert checkpoint == checkpoint_path(cfg.out_dir, f"table3-{method}-{n}-s{seed}", rh)
         assert set(run["modules"]) == {"model"} and (run["epochs"], run["steps_per_epoch"]) == (3, 2)
+        assert run["desc"] == f"table3 {method} n={n} s{seed}"      # the progress bar names the run
         batches = list(run["train_batches"](0))
         assert len(batches) == 2 and all(("u_image" in b) == unlabelled for b in batches), method
     assert len({rh for _, rh, _ in fits}) == 3

@@ -273,3 +273,20 @@ def test_save_json_refuses_nan_where_it_is_unless_allowed(tmp_path):
         check_finite((float("-inf"),))
     path = save_json({"a": float("nan")}, tmp_path / "y.json", allow_nan=True)
     assert "NaN" in path.read_text()
+
+
+def test_weight_ema_defaults_decay_nothing_and_average_at_0_999():
+    """By default the EMA does not touch the trained model (weight_decay 0) and moves 0.1 % per step."""
+    torch.manual_seed(0)
+    model = nn.Linear(3, 2)
+    ema_model = make_ema_model(model)
+    ema = WeightEMA(model, ema_model)
+    assert (ema.alpha, ema.weight_decay) == (0.999, 0.0)
+    before = [p.detach().clone() for p in model.parameters()]
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    ema.step()
+    for p, q, b in zip(model.parameters(), ema_model.parameters(), before):
+        torch.testing.assert_close(p.detach(), b + 1.0)                    # the model is left as it is
+        torch.testing.assert_close(q.detach(), 0.999 * b + 0.001 * (b + 1.0))
