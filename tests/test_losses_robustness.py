@@ -880,3 +880,14 @@ def test_cosine_classifier_logits_are_float32_cosines_with_or_without_autocast(m
         other = torch.ones_like(out, dtype=torch.bool)
         other[torch.arange(7), y] = False
         torch.testing.assert_close(with_margin.double()[other], want[other], atol=1e-5, rtol=1e-5)
+
+
+def test_rbf_distance_default_gamma_is_one():
+    """``"rbf"``: ``2 - 2 exp(-gamma ||a - b||^2)`` with gamma = 1 unless given, against a loop."""
+    g = torch.Generator().manual_seed(5)
+    a, b = torch.randn(4, 3, dtype=D64, generator=g), torch.randn(5, 3, dtype=D64, generator=g)
+    want = torch.tensor([[2 - 2 * math.exp(-float(((ai - bj) ** 2).sum())) for bj in b] for ai in a], dtype=D64)
+    torch.testing.assert_close(pairwise_sq_distances(a, b, "rbf"), want)
+    want_half = torch.tensor([[2 - 2 * math.exp(-0.5 * float(((ai - bj) ** 2).sum())) for bj in b] for ai in a],
+                             dtype=D64)
+    torch.testing.assert_close(pairwise_sq_distances(a, b, "rbf", gamma=0.5), want_half)

@@ -290,3 +290,16 @@ def test_weight_ema_defaults_decay_nothing_and_average_at_0_999():
     for p, q, b in zip(model.parameters(), ema_model.parameters(), before):
         torch.testing.assert_close(p.detach(), b + 1.0)                    # the model is left as it is
         torch.testing.assert_close(q.detach(), 0.999 * b + 0.001 * (b + 1.0))
+
+
+def test_weight_ema_copies_the_model_into_the_ema_model_by_default():
+    torch.manual_seed(1)
+    model, other = nn.Linear(3, 2), nn.Linear(3, 2)
+    WeightEMA(model, other)
+    for p, q in zip(model.parameters(), other.parameters()):
+        torch.testing.assert_close(q, p)
+    kept = nn.Linear(3, 2)
+    before = [q.detach().clone() for q in kept.parameters()]
+    WeightEMA(model, kept, init=False)
+    for q, b in zip(kept.parameters(), before):
+        torch.testing.assert_close(q.detach(), b)
