@@ -21,10 +21,14 @@ Steps (each resumable; mutmut keeps its results in ``WORKDIR/mutants``)::
     python -m benchmarks.mutation run      --workdir /tmp/mutall --sample losses=700,papers=700
     python -m benchmarks.mutation summary  --workdir /tmp/mutall --output benchmarks/results/mutation/sample.json
     python -m benchmarks.mutation verify   --workdir /tmp/mutall   # the tests of killed_after_run.yaml
-    python -m benchmarks.mutation rerun    --workdir /tmp/mutall   # or: mutmut re-checks every survivor
+    python -m benchmarks.mutation rerun    --workdir /tmp/mutall   # mutmut re-checks every survivor with the
+                                                                   # tests as they are now (first pass kept)
 
 ``prepare`` copies the working tree (``fer_nb``, ``tests``, ``notebooks``, ``results``, ``book``) into
-the work folder, so edits made meanwhile do not disturb the run; ``rerun`` copies ``tests`` again.
+the work folder, so edits made meanwhile do not disturb the run; ``rerun`` copies ``tests`` again (from
+``--tests-root``: a folder holding a ``tests/`` that still fits the copied code, when the repository's code
+has moved on), keeps the first pass's verdicts in ``WORKDIR/first_pass`` and lets mutmut re-check every
+sampled survivor with its covering tests; ``summary`` then reports both passes.
 """
 from __future__ import annotations
 
@@ -48,6 +52,8 @@ RESULTS = ROOT / "benchmarks" / "results" / "mutation"
 EQUIVALENT = RESULTS / "equivalent.yaml"
 #: tests written after the run: ``test id or test file -> [mutants it kills]``, checked by the ``verify`` step
 VERIFIED = RESULTS / "killed_after_run.yaml"
+#: where ``rerun`` keeps mutmut's verdicts of the first pass (inside the work folder)
+FIRST_PASS = "first_pass"
 
 #: group name -> path prefixes (relative to the repository) of the mutated files
 GROUPS: dict[str, tuple[str, ...]] = {
@@ -352,8 +358,8 @@ def main(argv: Sequence[str] | None = None) -> dict | None:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--output", type=Path, default=RESULTS / "sample.json")
     ap.add_argument("--tests-root", type=Path, default=ROOT,
-                    help="verify: the folder holding tests/ (default: this repository; WORKDIR/mutants for the "
-                         "tests as they were copied there, when the repository's code has changed since)")
+                    help="verify and rerun: the folder holding the tests/ to use (default: this repository; "
+                         "another folder when the repository's code has changed since prepare)")
     args = ap.parse_args(argv)
     plan = args.workdir / "sample.json"
     if args.step == "prepare":
@@ -371,8 +377,17 @@ def main(argv: Sequence[str] | None = None) -> dict | None:
         return None
     if args.step == "rerun":
         _require_mutmut()
-        shutil.rmtree(args.workdir / "tests")
-        shutil.copytree(ROOT / "tests", args.workdir / "tests")
+        first = args.workdir / FIRST_PASS
+        if not first.exists():      # keep the first pass's verdicts: the re-run overwrites mutmut's files
+            src = args.workdir / "mutants"
+            for meta in (src / "fer_nb").rglob("*.py.meta"):
+                dst = first / "mutants" / meta.relative_to(src)
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(meta, dst)
+        for dst in (args.workdir / "tests", args.workdir / "mutants" / "tests"):
+            if dst.exists():
+                shutil.rmtree(dst)
+            shutil.copytree(args.tests_root.resolve() / "tests", dst)
         sample = json.loads(plan.read_text())["sample"]
         survivors = summarise(read_results(args.workdir), sample, load_equivalent())["survivors"]
         t0 = time.time()
@@ -397,6 +412,9 @@ def main(argv: Sequence[str] | None = None) -> dict | None:
     checked_path = args.workdir / "verified.json"
     checked = json.loads(checked_path.read_text()) if checked_path.is_file() else {}
     after = checked.get("killed", [])
+    if (args.workdir / FIRST_PASS).is_dir():
+        first = summarise(read_results(args.workdir / FIRST_PASS), saved["sample"], equivalent)
+        payload["first_pass"] = {"overall": first["overall"], "groups": first["groups"]}
     at_run = summarise(results, saved["sample"], equivalent)
     payload["at_run"] = {"overall": at_run["overall"], "groups": at_run["groups"]}
     how = checked.get("source") or (

@@ -142,6 +142,28 @@ def test_mutation_summary_counts_equivalents_and_later_kills():
         mu.summarise(results, sample, {"fer_nb.losses.x.x_f__mutmut_1": "wrong"})
 
 
+def test_mutation_summary_reports_the_first_pass_kept_by_rerun(tmp_path):
+    """``rerun`` keeps mutmut's first verdicts in WORKDIR/first_pass; ``summary`` reports both passes."""
+    import json
+
+    from benchmarks import mutation as mu
+
+    names = [f"fer_nb.losses.x.x_f__mutmut_{i}" for i in range(1, 5)]
+
+    def write(root, codes):
+        meta = root / "mutants" / "fer_nb" / "losses" / "x.py.meta"
+        meta.parent.mkdir(parents=True, exist_ok=True)
+        meta.write_text(json.dumps({"exit_code_by_key": dict(zip(names, codes))}))
+
+    write(tmp_path, [1, 1, 1, 0])                       # after the re-run: 3 of 4 killed
+    write(tmp_path / mu.FIRST_PASS, [1, 0, 33, 0])      # first pass: 1 of 4
+    (tmp_path / "sample.json").write_text(json.dumps({"seed": 1, "sizes": "losses=4", "sample": {"losses": names}}))
+    out = mu.main(["summary", "--workdir", str(tmp_path), "--output", str(tmp_path / "out.json")])
+    assert out["first_pass"]["groups"]["losses"]["killed"] == 1 and out["first_pass"]["overall"]["score"] == 0.25
+    assert out["groups"]["losses"]["killed"] == 3 and out["overall"]["score"] == 0.75
+    assert json.loads((tmp_path / "out.json").read_text())["first_pass"] == out["first_pass"]
+
+
 def test_mutation_setup_keeps_the_selection_the_book_records():
     from benchmarks import mutation as mu
 
