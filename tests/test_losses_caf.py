@@ -348,3 +348,24 @@ def test_caf_networks_forward_small_inputs():
         res.critic_out(x)
     with pytest.raises(ValueError, match="unknown CAF encoder"):
         CAFNet("vgg")
+
+
+def test_caf_critic_loss_is_float32_math_under_bf16_autocast():
+    """forward switches autocast off: the D^2 GEMM of Eq. 7 stays float32 inside a bf16 region."""
+    g = torch.Generator().manual_seed(4)
+    z = torch.randn(16, 8, generator=g)
+    strong = (torch.arange(16) % 3 == 0).long()
+    loss = CAFCriticLoss()
+    want = loss.compute(z, strong.bool())                  # Eq. 7 in float32, no autocast anywhere
+    for region in (torch.autocast("cpu", dtype=torch.bfloat16), torch.autocast("cpu", enabled=False)):
+        with region:
+            got = loss(z, strong)
+        assert got.dtype == torch.float32
+        torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-6)
+
+
+def test_va_regression_keeps_its_parts_under_their_names():
+    loss = VARegressionLoss()
+    pred, target = torch.tensor([[0.1, 0.2], [0.3, -0.1], [-0.2, 0.4]]), torch.tensor([[0.0, 0.1], [0.4, 0.0], [-0.1, 0.5]])
+    loss(pred, target)
+    assert set(loss.last) == {"rmse_v", "rmse_a", "pcc", "ccc"}

@@ -891,3 +891,10 @@ def test_rbf_distance_default_gamma_is_one():
     want_half = torch.tensor([[2 - 2 * math.exp(-0.5 * float(((ai - bj) ** 2).sum())) for bj in b] for ai in a],
                              dtype=D64)
     torch.testing.assert_close(pairwise_sq_distances(a, b, "rbf", gamma=0.5), want_half)
+
+
+def test_centre_initialisation_is_small():
+    """Centres start at N(0, 0.01^2) (the moving update then sets a class to its first batch mean)."""
+    torch.manual_seed(0)
+    c = CenterLoss(50, 40).centers
+    assert c.std().item() == pytest.approx(0.01, rel=0.1)

@@ -291,3 +291,27 @@ def test_bad_inputs_name_the_fix():
         NMTupleClustersLoss(adaptive=True)
     with pytest.raises(ValueError, match="power"):
         TripletLoss(power=3)
+
+
+def test_n_plus_one_refuses_a_negative_mask_on_an_unlabelled_row():
+    x, y = torch.randn(4, 3), torch.tensor([0, 0, 1, -1])
+    pairs = torch.tensor([[0, 1]])
+    loss = NPlusOneTupleLoss()
+    ok = torch.tensor([[False, False, True, False]])
+    assert torch.isfinite(loss(x, y, pairs=pairs, negative_mask=ok))
+    with pytest.raises(ValueError, match=r"^NPlusOneTupleLoss: pairs or negative_mask use a row labelled -1 "
+                                         r"\(ignored\); drop it from the tuples or give the row a label$"):
+        loss(x, y, pairs=pairs, negative_mask=torch.tensor([[False, False, True, True]]))
+
+
+def test_nm_tuple_names_itself_in_a_bad_reduction_and_inits_its_reference():
+    from fer_nb.losses.nm_tuple_clusters import ReferenceDistance
+
+    with pytest.raises(ValueError, match="NMTupleClustersLoss"):
+        NMTupleClustersLoss(reduction="median")
+    metric, eq8 = ReferenceDistance(5, rank=3), ReferenceDistance(5, rank=3, form="eq8")
+    assert (metric.sign_a, eq8.sign_a) == (-1.0, 1.0)
+    for ref in (metric, eq8):
+        for lin in (ref.L_A, ref.L_B):
+            assert lin.bias is None
+            torch.testing.assert_close(lin.weight.detach(), torch.eye(3, 5) * math.sqrt(2.0))
