@@ -419,7 +419,8 @@ def main(argv: Sequence[str] | None = None) -> dict | None:
     payload["at_run"] = {"overall": at_run["overall"], "groups": at_run["groups"]}
     how = checked.get("source") or (
         "tests written after the run, each run with the mutant switched on (python -m benchmarks.mutation "
-        "verify); see killed_after_run.yaml")
+        "verify); see killed_after_run.yaml" if after else
+        "none: every verdict is mutmut's own (the rerun step re-checked every survivor with the tests as they are)")
     payload["killed_after_run"] = {"count": len(after), "how": how}
     payload |= summarise(results, saved["sample"], equivalent, after)
     payload["sample"] = saved["sample"]

@@ -369,3 +369,16 @@ def test_va_regression_keeps_its_parts_under_their_names():
     pred, target = torch.tensor([[0.1, 0.2], [0.3, -0.1], [-0.2, 0.4]]), torch.tensor([[0.0, 0.1], [0.4, 0.0], [-0.1, 0.5]])
     loss(pred, target)
     assert set(loss.last) == {"rmse_v", "rmse_a", "pcc", "ccc"}
+
+
+def test_batch_pcc_ccc_defaults_to_a_negligible_eps():
+    """With its default eps, PCC and CCC are the textbook population formulas to float64 precision."""
+    from fer_nb.losses.va_regression import batch_pcc_ccc
+
+    g = torch.Generator().manual_seed(6)
+    pred, target = torch.randn(20, 2, dtype=torch.float64, generator=g), torch.randn(20, 2, dtype=torch.float64, generator=g)
+    pcc, ccc = batch_pcc_ccc(pred, target)
+    dp, dt = pred - pred.mean(0), target - target.mean(0)
+    cov, vp, vt = (dp * dt).mean(0), dp.pow(2).mean(0), dt.pow(2).mean(0)
+    torch.testing.assert_close(pcc, cov / (vp * vt).sqrt(), atol=1e-7, rtol=1e-7)
+    torch.testing.assert_close(ccc, 2 * cov / (vp + vt + (pred.mean(0) - target.mean(0)) ** 2), atol=1e-7, rtol=1e-7)
