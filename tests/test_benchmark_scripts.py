@@ -178,3 +178,27 @@ def test_mutation_setup_keeps_the_selection_the_book_records():
             path, _, func = one.partition("::")
             assert (mu.ROOT / path).is_file() and (not func or f"def {func}(" in (mu.ROOT / path).read_text()), test
         assert names and all("__mutmut_" in n for n in names)
+
+
+def test_hand_mutations_still_apply_and_name_existing_tests():
+    from benchmarks import hand_mutations as hm
+    from benchmarks.mutation import ROOT
+
+    assert len(hm.MUTATIONS) == len({m[0] for m in hm.MUTATIONS})
+    for name, rel, old, new, tests in hm.MUTATIONS:
+        assert (ROOT / rel).read_text().count(old) == 1, name
+        assert old != new and all((ROOT / t).is_file() for t in tests.split()), name
+
+
+def test_hand_mutations_run_applies_tests_and_restores(tmp_path, monkeypatch):
+    from benchmarks import hand_mutations as hm
+
+    (tmp_path / "m.py").write_text("X = 1\n")
+    (tmp_path / "tests").mkdir()
+    (tmp_path / "tests" / "test_m.py").write_text("import m\n\ndef test_x():\n    assert m.X == 1\n")
+    monkeypatch.setattr(hm, "MUTATIONS", [("X is 2", "m.py", "X = 1", "X = 2", "tests/test_m.py"),
+                                          ("X is 1.0", "m.py", "X = 1", "X = 1.0", "tests/test_m.py")])
+    rows = hm.run(tmp_path)
+    assert [r["killed"] for r in rows] == [True, False]
+    assert rows[0]["by"] == "tests/test_m.py::test_x" and rows[1]["by"] is None
+    assert (tmp_path / "m.py").read_text() == "X = 1\n"
