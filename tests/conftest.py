@@ -1,10 +1,20 @@
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
 
 os.environ.setdefault("FER_NB_PLAIN_PROGRESS", "1")
 torch.set_num_threads(1)
+
+
+@pytest.fixture
+def dead_pid():
+    """The pid of a process that has ended (for temp files of a killed writer)."""
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
 
 
 @pytest.fixture

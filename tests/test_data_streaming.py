@@ -374,12 +374,10 @@ def test_zip64_images_member_is_mapped(tmp_path, monkeypatch):
         assert np.array_equal(z["images"], data.images.numpy())
 
 
-def test_saving_a_cache_file_removes_a_dead_writers_temp_file_of_the_same_name(tmp_path):
+def test_saving_a_cache_file_removes_a_dead_writers_temp_file_of_the_same_name(tmp_path, dead_pid):
     """``cache.save`` (no ``clean_stale`` sweep before it) clears a killed writer's leftover for its target."""
-    proc = subprocess.Popen([sys.executable, "-c", "pass"])
-    proc.wait()
     target = tmp_path / "x.npz"
-    dead = tmp_path / f".x.npz.pid{proc.pid}.ab12cd34.tmp"
+    dead = tmp_path / f".x.npz.pid{dead_pid}.ab12cd34.tmp"
     dead.write_bytes(b"x" * 100)
     data = FaceArrays(torch.zeros(2, 1, 4, 4, dtype=torch.uint8), {"expression": torch.tensor([0, 1])}, "x", ("a", "b"))
     cache.save(target, data)

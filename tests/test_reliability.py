@@ -299,15 +299,9 @@ def test_files_get_the_umask_permissions_and_keep_a_replaced_files_mode(tmp_path
         os.umask(old)
 
 
-def _dead_pid():
-    proc = subprocess.Popen([sys.executable, "-c", "pass"])
-    proc.wait()
-    return proc.pid
-
-
-def test_stale_temp_files_are_removed_live_ones_kept(tmp_path):
+def test_stale_temp_files_are_removed_live_ones_kept(tmp_path, dead_pid):
     target = tmp_path / "c.pt"
-    dead = tmp_path / f".c.pt.pid{_dead_pid()}.ab12.tmp"
+    dead = tmp_path / f".c.pt.pid{dead_pid}.ab12.tmp"
     live = tmp_path / f".c.pt.pid{os.getppid()}.cd34.tmp"
     legacy_old = tmp_path / ".c.pt.k2j3h4x.tmp"
     legacy_new = tmp_path / ".c.pt.q9w8e7r.tmp"
