@@ -683,6 +683,27 @@ def test_synthfacs_analogues_are_the_documented_generations(tmp_path):
     assert test.labels["subject"].min() >= 40 and train.labels["subject"].max() < 40
 
 
+def test_small_runs_the_fer_calibrated_synthfacs_setting(tmp_path):
+    """`small` draws Table 3's analogue from the FER+-calibrated setting (wild, wild_severity 0.1), the
+    preset's wild_severity reaches synthfacs.generate, and a severity with the lab domain is an error."""
+    from fer_nb.data import synthfacs
+
+    cfg = config.resolve("margin_mix", "small", device="cpu", out_dir=str(tmp_path), n_train=16, n_test=8)
+    assert (cfg.hp["domain"], cfg.hp["wild_severity"]) == ("wild", 0.1)
+    train, test = mm.load_data(cfg)["table3"]
+    kw = dict(domain="wild", image_size=32, class_priors="ferplus", channels=1, with_contempt=True)
+    calibrated = synthfacs.generate(16, seed=11, n_subjects=40, subject_offset=0, wild_severity=0.1, **kw)
+    full = synthfacs.generate(16, seed=11, n_subjects=40, subject_offset=0, **kw)
+    assert torch.equal(train.images, calibrated.images) and not torch.equal(train.images, full.images)
+    assert train.info["wild_severity"] == 0.1 and test.info["wild_severity"] == 0.1
+    lab = config.resolve("margin_mix", "small", device="cpu", out_dir=str(tmp_path), domain="lab", n_train=16, n_test=8)
+    with pytest.raises(ValueError, match=r"^wild_severity=0\.1 scales SynthFACS's wild domain only, but domain='lab'; "
+                                         r"set domain='wild'"):
+        mm.load_data(lab)
+    assert mm.load_data(config.resolve("margin_mix", "small", device="cpu", out_dir=str(tmp_path), domain="lab",
+                                       wild_severity=1.0, n_train=16, n_test=8))["table3"][0].name == "synthfacs-lab"
+
+
 def test_real_rafdb_pools_are_the_official_splits(tmp_path):
     """DATASET=rafdb: the training pool is the official train split (28 images), the test set the test split (14)."""
     _write_rafdb(tmp_path)
