@@ -10,6 +10,13 @@ its inputs as CUDA would, raising :class:`DeviceMismatch` for
   inside the context makes a CPU generator that says it is a CUDA one),
 * and ``.numpy()`` of a CUDA tensor raises TypeError, as on CUDA.
 
+``with host_syncs() as syncs:`` (inside :func:`fake_cuda`) records every operation that would make the host
+wait for the GPU: reading a CUDA value on the host (``.item()``, ``float()``, ``bool()``, ``.tolist()``,
+``if cuda_tensor:``), a copy from CUDA to the CPU, and an op whose output shape depends on CUDA data
+(``nonzero``, boolean-mask indexing, ``masked_select``, ``unique``, ``repeat_interleave`` without
+``output_size``). Each entry names the op and the first ``fer_nb`` frame that asked for it. A training step
+with such a call cannot be captured in a CUDA graph and stalls the GPU's queue every step.
+
 ``torch.autocast("cuda", ...)`` becomes CPU autocast inside the context (``bf16=True``, the default), so a
 run under fake CUDA also gets the bf16 activations of a real CUDA run (a float head fed bf16 features fails
 here too).
@@ -97,6 +104,7 @@ class FakeCudaTensor(torch.Tensor):
         return (FakeCudaTensor, (self.elem,)) if protocol is None else self.elem.__reduce_ex__(protocol)
 
     def tolist(self):  # a host sync on CUDA; torch refuses subclasses here
+        _record_sync("tolist")
         return self.elem.tolist()
 
     def numpy(self, *args, **kwargs):
@@ -118,6 +126,50 @@ class _State(threading.local):
     def __init__(self):
         self.explicit_cpu = False     # inside Tensor.cpu() / .to("cpu") of a fake CUDA tensor
         self.calls = []               # per torch-level call being run: (got a CUDA tensor?, a CUDA generator?)
+        self.syncs = None             # a list while host_syncs() records
+
+
+#: ops whose output shape depends on the data: CUDA computes it, then the host waits to read it
+DATA_DEPENDENT_SHAPE_OPS = {aten.nonzero.default, aten.masked_select.default, aten._unique2.default,
+                            aten.unique_dim.default, aten.unique_consecutive.default, aten._unique.default,
+                            aten.repeat_interleave.Tensor}
+
+
+def _caller() -> str:
+    """The innermost frame of the current call outside torch and this file, as ``file:line (code)``; the file
+    relative to ``fer_nb/`` (or ``benchmarks/``) when it is there, else its name."""
+    import os
+    import traceback
+
+    for f in reversed(traceback.extract_stack()[:-3]):
+        path = f.filename.replace("\\", "/")
+        if "/torch/" in path or path.endswith(("fake_cuda.py", "/contextlib.py", "/functools.py")):
+            continue
+        for root in ("/fer_nb/", "/benchmarks/"):
+            if root in path:
+                path = path.split(root)[-1] if root == "/fer_nb/" else "benchmarks/" + path.split(root)[-1]
+                break
+        else:
+            path = os.path.basename(path)
+        return f"{path}:{f.lineno} ({f.line})"
+    return "?"
+
+
+def _record_sync(what: str) -> None:
+    if _STATE.syncs is not None:
+        _STATE.syncs.append(f"{what} at {_caller()}")
+
+
+@contextlib.contextmanager
+def host_syncs():
+    """Record the host-device synchronisations of the block (see the module docstring) into a list."""
+    outer, _STATE.syncs = _STATE.syncs, []
+    try:
+        yield _STATE.syncs
+    finally:
+        recorded, _STATE.syncs = _STATE.syncs, outer
+        if outer is not None:
+            outer.extend(recorded)
 
 
 _STATE = _State()
@@ -203,6 +255,21 @@ def _run(func, args, kwargs):
         want_type = "cuda" if on_cuda else "cpu"
         if gen_type != want_type:
             raise DeviceMismatch(f"{func}: Expected a '{want_type}' device type for generator but found '{gen_type}'")
+
+    if _STATE.syncs is not None and "cuda" in devices:
+        if func is aten._local_scalar_dense.default:
+            _record_sync("a CUDA value read on the host (.item(), float(), bool())")
+        elif func is aten._to_copy.default and not on_cuda:
+            _record_sync("a copy from CUDA to the CPU")
+        elif func is aten.copy_.default and not on_cuda:
+            _record_sync("a copy from CUDA into a CPU tensor")
+        elif func in DATA_DEPENDENT_SHAPE_OPS and not (func is aten.repeat_interleave.Tensor
+                                                       and kwargs.get("output_size") is not None):
+            _record_sync(f"{func} (output shape depends on CUDA data)")
+        elif func in (aten.index.Tensor, aten.index_put_.default, aten.index_put.default,
+                      aten._index_put_impl_.default) and any(
+                isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in (args[1] if len(args) > 1 else [])):
+            _record_sync(f"{func} with a boolean mask (output shape depends on CUDA data)")
 
     real_args, real_kwargs = _map(_unwrap, args), _map(_unwrap, kwargs)
     if wanted_type == "cuda":
@@ -325,3 +392,84 @@ def enter_for_process(bf16: bool = False) -> None:
     if _PROCESS_CONTEXT is None:
         _PROCESS_CONTEXT = fake_cuda(bf16=bf16)
         _PROCESS_CONTEXT.__enter__()
+
+
+def _site(entry: str) -> str:
+    """``'<what> at losses/common.py:64 (code)'`` -> ``'losses/common.py: code'`` (no line number, so the
+    inventory survives edits elsewhere in the file)."""
+    what, _, where = entry.partition(" at ")
+    path, _, rest = where.partition(":")
+    code = rest.partition(" (")[2][:-1] if " (" in rest else ""
+    return f"{path}: {code}" if code else path
+
+
+class _RecordedBatches:
+    """``train_batches(epoch)`` of a recorded fit: the host syncs of each ``next()`` are recorded."""
+
+    def __init__(self, batches, record: dict):
+        self.batches, self.record = batches, record
+
+    def __iter__(self):
+        it = iter(self.batches)
+        while True:
+            with host_syncs() as syncs:
+                try:
+                    batch = next(it)
+                except StopIteration:
+                    return
+            for s in syncs:
+                self.record["batch_syncs"][_site(s)] = self.record["batch_syncs"].get(_site(s), 0) + 1
+            yield batch
+
+
+class _SizedRecordedBatches(_RecordedBatches):
+    """The same, for batches with a length (``fit`` reads it as the number of steps per epoch)."""
+
+    def __len__(self):
+        return len(self.batches)
+
+
+def record_fit_syncs(report: str) -> None:
+    """Wrap :func:`fer_nb.train.fit` so every training run of the process records, per step, the host syncs of
+    its ``train_step`` and of drawing its batches; the inventory is rewritten to ``report`` (JSON) after each
+    run: ``[{"desc", "steps", "step_syncs": {site: count}, "batch_syncs": {site: count}}, ...]``."""
+    import functools
+    import inspect
+    import json
+
+    import fer_nb.train as train
+
+    real_fit = train.fit
+    runs: list[dict] = []
+
+    @functools.wraps(real_fit)
+    def fit(*args, **kwargs):
+        bound = inspect.signature(real_fit).bind(*args, **kwargs)
+        record = {"desc": bound.arguments.get("desc", "train"), "steps": 0, "step_syncs": {}, "batch_syncs": {}}
+        runs.append(record)
+        step, batches = bound.arguments["train_step"], bound.arguments["train_batches"]
+
+        def train_step(batch, ctx):
+            with host_syncs() as syncs:
+                out = step(batch, ctx)
+            record["steps"] += 1
+            for s in syncs:
+                record["step_syncs"][_site(s)] = record["step_syncs"].get(_site(s), 0) + 1
+            return out
+
+        bound.arguments["train_step"] = train_step
+        def train_batches(epoch):
+            with host_syncs() as syncs:
+                made = batches(epoch)
+            for s in syncs:
+                record["batch_syncs"][_site(s)] = record["batch_syncs"].get(_site(s), 0) + 1
+            return (_SizedRecordedBatches if hasattr(made, "__len__") else _RecordedBatches)(made, record)
+
+        bound.arguments["train_batches"] = train_batches
+        try:
+            return real_fit(*bound.args, **bound.kwargs)
+        finally:
+            with open(report, "w", encoding="utf-8") as f:
+                json.dump(runs, f, indent=1)
+
+    train.fit = fit

@@ -352,3 +352,63 @@ def test_metrics_take_cuda_tensors():
         cm = metrics.confusion_matrix(pred.to(CUDA), target.to(CUDA), 3)
     assert got[:3] == expected[:3] and torch.allclose(got[3], expected[3])
     assert int(cm.sum()) == 30
+
+
+# ----------------------------------------------------------------------------- host syncs (CUDA graphs)
+def test_host_syncs_records_what_makes_the_host_wait():
+    from fake_cuda import host_syncs
+
+    with fake_cuda():
+        x = torch.rand(6, device="cuda")
+        with host_syncs() as free:       # none of these waits for the GPU
+            m = x > 0.5
+            x.masked_fill(m, 0.0), torch.where(m, x, -x), x[torch.tensor([0, 2])], x * m, m.sum()
+            torch.randperm(6, device="cuda"), torch.cat([x, x]), x.clone().index_put_((torch.tensor([1]),), x[:1])
+        assert free == []
+        with host_syncs() as syncs:
+            x.item() if x.numel() == 1 else float(x.sum())
+            bool(m.any()), x.cpu(), x.tolist(), m.nonzero(), x[m], torch.unique(x), torch.masked_select(x, m)
+            y = x.clone()
+            y[m] = 0.0
+    what = [s.split(" at ")[0] for s in syncs]
+    assert what == ["a CUDA value read on the host (.item(), float(), bool())"] * 2 + [
+        "a copy from CUDA to the CPU", "tolist", "aten.nonzero.default (output shape depends on CUDA data)",
+        "aten.index.Tensor with a boolean mask (output shape depends on CUDA data)",
+        "aten._unique2.default (output shape depends on CUDA data)",
+        "aten.masked_select.default (output shape depends on CUDA data)",
+        "aten.index_put_.default with a boolean mask (output shape depends on CUDA data)"]
+    assert all(s.split(" at ")[1].startswith("test_device_discipline.py:") for s in syncs)
+
+
+def test_fit_records_each_steps_syncs(monkeypatch, tmp_path):
+    """``record_fit_syncs`` (the notebooks' fake-CUDA test uses it) sees a sync in a step and one in the batches."""
+    import json
+
+    from fake_cuda import record_fit_syncs
+    from fer_nb import train
+
+    monkeypatch.setattr(train, "fit", train.fit)     # restored after the test
+    record_fit_syncs(str(tmp_path / "syncs.json"))
+    with fake_cuda():
+        lin = nn.Linear(3, 1).to("cuda")
+        opt = torch.optim.SGD(lin.parameters(), lr=0.1)
+        data = torch.rand(4, 3).to("cuda")
+
+        def step(batch, ctx):
+            loss = lin(batch).pow(2).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            if float(loss) > 1e9:                   # a per-step host read, as a careless loop would have
+                raise AssertionError
+            return {"loss": loss}
+
+        def batches(epoch):
+            for _ in range(3):
+                yield data[data[:, 0] >= 0]                # boolean-mask batches: a sync each
+
+        train.fit({"lin": lin}, {"opt": opt}, step, batches, 2, progress=False, desc="probe")
+    (run,) = json.loads((tmp_path / "syncs.json").read_text())
+    assert run["desc"] == "probe" and run["steps"] == 6
+    assert list(run["step_syncs"].values()) == [6] and "float(loss) > 1e9" in next(iter(run["step_syncs"]))
+    assert sum(run["batch_syncs"].values()) == 6

@@ -70,14 +70,46 @@ def test_notebook_smoke(src, tmp_path, monkeypatch):
     print(f"{src.name}: {seconds:.0f} s")
 
 
+#: The host-device synchronisations that each chapter's training loop still makes in every step on CUDA,
+#: as ``file: code`` (``benchmarks/host_syncs.json``; the performance page shows it). Recorded on fake CUDA
+#: (``tests/fake_cuda.py::host_syncs``); a sync that appears or disappears fails ``test_notebook_on_fake_cuda``:
+#: remove a site from the file when it is fixed, and never add one without a reason.
+HOST_SYNCS = Path(__file__).resolve().parent.parent / "benchmarks" / "host_syncs.json"
+PER_STEP_HOST_SYNCS = {k: set(v) for k, v in json.loads(HOST_SYNCS.read_text()).items() if not k.startswith("_")}
+
+
+def per_step_syncs(report: Path) -> tuple[set[str], list[str]]:
+    """The sync sites hit at least once per step by some training run of ``report``, and a printable
+    inventory of every run (sites hit less often, such as a snapshot every k steps, are listed, not pinned)."""
+    every_step, lines = set(), []
+    for run in json.loads(report.read_text()) if report.exists() else []:
+        lines.append(f"{run['desc']}: {run['steps']} steps")
+        for kind in ("step_syncs", "batch_syncs"):
+            for site, count in sorted(run[kind].items()):
+                lines.append(f"   {kind[:-6]:5s} {count / max(run['steps'], 1):5.2f}/step  {site}")
+                if run["steps"] and count >= run["steps"]:
+                    every_step.add(site)
+    return every_step, lines
+
+
 @pytest.mark.notebook
 @pytest.mark.parametrize("src", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
 def test_notebook_on_fake_cuda(src, tmp_path, monkeypatch):
     """The whole chapter with DEVICE="cuda" on fake CUDA tensors (tests/fake_cuda.py): a tensor made on the
     CPU beside CUDA inputs, a CPU generator fed to a CUDA op or ``.numpy()`` of a CUDA tensor fails here as on
-    a GPU. (bf16 autocast is off here for speed; each training step's bf16 path has its own unit test.)"""
+    a GPU. (bf16 autocast is off here for speed; each training step's bf16 path has its own unit test.)
+    Every training run records its per-step host syncs; they must be exactly the chapter's entry of
+    :data:`HOST_SYNCS`. (Drawing the batches makes none in any chapter: the data lives on the device.)"""
+    report = tmp_path / "host_syncs.json"
+    monkeypatch.setenv("FER_NB_SYNC_REPORT", str(report))
     seconds = _smoke(src, tmp_path, monkeypatch, "cuda", FAKE_CUDA)
     print(f"{src.name} on fake CUDA: {seconds:.0f} s")
+    every_step, lines = per_step_syncs(report)
+    assert key_of(src) in PER_STEP_HOST_SYNCS, f"add {key_of(src)!r} (its per-step host syncs) to {HOST_SYNCS}"
+    expected = PER_STEP_HOST_SYNCS[key_of(src)]
+    assert every_step == expected, (
+        f"per-step host syncs changed: new {sorted(every_step - expected)}, gone {sorted(expected - every_step)}\n"
+        + "\n".join(lines))
 
 
 DETERMINISM = [p for p in NOTEBOOKS if key_of(p) in ("large_margin", "caf")]
