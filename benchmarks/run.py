@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import re
+import time
 from pathlib import Path
 
 import torch
@@ -43,7 +44,9 @@ def _step_flops(build, device, batch, size) -> float:
     return float(counter.get_total_flops())
 
 
-def bench_steps(device: torch.device, quick: bool, only: list[str] | None) -> list[dict]:
+def bench_steps(device: torch.device, quick: bool, only: list[str] | None, compile: bool = False) -> list[dict]:
+    """Rows of images/s per paper: plain, fast, the chapter's own step and (``compile``, launch-bound steps
+    only) the chapter's step with a compiled network; a compiled step that fails is recorded, not fatal."""
     rows = []
     peak = _peak(describe(device))
     for spec in STEPS:
@@ -70,12 +73,34 @@ def bench_steps(device: torch.device, quick: bool, only: list[str] | None) -> li
             row["chapter_ms_per_step"] = 1e3 * sec
             row["ratio_chapter_over_fast"] = row["chapter_img_s"] / row["fast_img_s"]
             del step
+        if compile and spec.compilable:
+            torch.manual_seed(0)
+            reset_peak(device)
+            try:
+                step, images = spec.build_chapter(device, batch, spec.image_size, compile=True)
+                t0 = time.perf_counter()
+                step()                                    # compiles (and records the CUDA graphs)
+                sync(device)
+                row["chapter_compile_s"] = time.perf_counter() - t0
+                sec = time_call(step, device, warmup=2 if quick else 10, iters=2 if quick else 20,
+                                repeats=1 if quick else 3)
+                row["chapter_compiled_img_s"] = images / sec
+                row["chapter_compiled_ms_per_step"] = 1e3 * sec
+                row["ratio_chapter_compiled_over_fast"] = row["chapter_compiled_img_s"] / row["fast_img_s"]
+                del step
+            except Exception as exc:  # noqa: BLE001 - recorded in the row; the other benchmarks still run
+                row["chapter_compiled_error"] = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ''}"
         flops = _step_flops(spec.build, device, batch, spec.image_size)
         row["model_gflop_per_step"] = flops / 1e9
         row["achieved_tflops_fast"] = flops / (row["fast_ms_per_step"] / 1e3) / 1e12
         row["fraction_of_bf16_peak"] = row["achieved_tflops_fast"] / peak if peak else None
         chapter = (f"  chapter {row['chapter_img_s']:9.1f} img/s ({row['ratio_chapter_over_fast']:.2f} of fast)"
                    if "chapter_img_s" in row else "")
+        if "chapter_compiled_img_s" in row:
+            chapter += (f"  compiled {row['chapter_compiled_img_s']:9.1f} img/s "
+                        f"({row['ratio_chapter_compiled_over_fast']:.2f} of fast)")
+        elif "chapter_compiled_error" in row:
+            chapter += f"  compiled FAILED: {row['chapter_compiled_error']}"
         print(f"  {spec.paper:12s} batch {batch:4d}: plain {row['plain_img_s']:9.1f} img/s  fast "
               f"{row['fast_img_s']:9.1f} img/s  x{row['ratio_fast_over_plain']:.2f}{chapter}", flush=True)
         rows.append(row)
@@ -119,6 +144,9 @@ def main(argv=None) -> int:
                     help="small batches and few iterations (default: on for CPU)")
     ap.add_argument("--only", nargs="*", help="papers to benchmark (default: all)")
     ap.add_argument("--skip-losses", action="store_true")
+    ap.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                    help="also time the launch-bound chapter steps with a torch.compile'd network "
+                         "(default: on for CUDA; on a CPU it mostly measures compile time)")
     args = ap.parse_args(argv)
     device = pick_device(args.device)
     quick = device.type == "cpu" if args.quick is None else args.quick
@@ -127,7 +155,8 @@ def main(argv=None) -> int:
     name = describe(device)
     print(f"[bench] {name}, torch {torch.__version__}, quick={quick}", flush=True)
     print("[bench] training steps (plain fp32 eager reference vs fer_nb fast path)", flush=True)
-    steps = bench_steps(device, quick, args.only)
+    compile_steps = device.type == "cuda" if args.compile is None else args.compile
+    steps = bench_steps(device, quick, args.only, compile=compile_steps)
     print("[bench] data pipeline", flush=True)
     data = bench_data(device, steps)
     losses = []
@@ -137,7 +166,7 @@ def main(argv=None) -> int:
     sync(device)
     slug = re.sub(r"[^A-Za-z0-9]+", "-", name).strip("-").lower()
     out = save_json({
-        "device": name, "device_type": device.type, "torch": torch.__version__, "quick": quick,
+        "device": name, "device_type": device.type, "torch": torch.__version__, "quick": quick, "compile": compile_steps,
         "threads": torch.get_num_threads(), "commit": git_commit(),
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "bf16_peak_tflops": _peak(name), "steps": steps, "data": data, "losses": losses,

@@ -6,7 +6,11 @@
 * ``fast``: the ``fer_nb`` path: bf16 autocast on CUDA, channels_last, fused (CUDA) / foreach
   optimizers, foreach EMA, no host sync inside the step.
 * ``chapter``: the step the chapter itself trains with, imported from ``fer_nb.papers.<paper>`` (so the
-  book's speed is what is measured, not only this file's copy of it).
+  book's speed is what is measured, not only this file's copy of it);
+* ``chapter, compiled`` (the launch-bound steps only: Margin-Mix's WRN-28-2 at 32 px and the (N+M)
+  Inception net at 48 px, ``StepSpec.compilable``): the same step with its network wrapped by
+  :func:`compiled` (``torch.compile``, ``mode="reduce-overhead"`` on CUDA: fused kernels replayed as CUDA
+  graphs). The chapters do not compile their networks yet; this row measures what it would give.
 
 Each builder returns ``(step, images_per_step)``; ``step()`` runs one full training iteration on
 random tensors already on the device (the data pipeline is timed separately).
@@ -32,7 +36,14 @@ class StepSpec:
     batch: int          # paper batch (GPU)
     quick_batch: int    # batch used with --quick (CPU)
     build: Callable
-    build_chapter: Callable | None = None   # (device, batch, size) -> (step, images) from fer_nb.papers
+    build_chapter: Callable | None = None   # (device, batch, size, compile=False) -> (step, images) from fer_nb.papers
+    compilable: bool = False                # bound by launch overhead: also timed with a compiled network
+
+
+def compiled(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """``torch.compile(model)``; ``mode="reduce-overhead"`` on CUDA (CUDA graphs; inductor's default on a CPU).
+    The returned module shares ``model``'s parameters and buffers."""
+    return torch.compile(model, mode="reduce-overhead" if device.type == "cuda" else None)
 
 
 def _opt(params, lr, device, mode, **kw):
@@ -226,8 +237,9 @@ def chapter_large_margin(device, batch, size):
                                             au_cols=au_cols)), batch
 
 
-def chapter_nm_tuple(device, batch, size):
-    """``fer_nb.papers.nm_tuple.finetune_step``: softmax on the queries + alpha x adaptive (N+M) clusters loss."""
+def chapter_nm_tuple(device, batch, size, compile=False):
+    """``fer_nb.papers.nm_tuple.finetune_step``: softmax on the queries + alpha x adaptive (N+M) clusters loss
+    (``compile``: the network through :func:`compiled`)."""
     from fer_nb.losses.nm_tuple_clusters import NMTupleClustersLoss
     from fer_nb.models.inception_fer import InceptionFER
     from fer_nb.papers import nm_tuple
@@ -240,7 +252,8 @@ def chapter_nm_tuple(device, batch, size):
     images = torch.randint(0, 256, (tuples_n * (1 + m + n), 1, size, size), dtype=torch.uint8, device=device)
     labels = torch.cat([torch.tensor([0] * (1 + m) + list(range(1, n + 1)))] * tuples_n).to(device)
     tuples = torch.arange(len(images), device=device).reshape(tuples_n, 1 + m + n)
-    return (lambda: nm_tuple.finetune_step(model, loss_fn, opt, images, labels, tuples, 1.0, 2)), len(images)
+    net = compiled(model, device) if compile else model
+    return (lambda: nm_tuple.finetune_step(net, loss_fn, opt, images, labels, tuples, 1.0, 2)), len(images)
 
 
 def chapter_caf(device, batch, size):
@@ -271,13 +284,16 @@ def chapter_udat_as(device, batch, size):
     return (lambda: udat_as.udat_step(net, opt, batch_dict, device)), 2 * batch
 
 
-def chapter_margin_mix(device, batch, size):
-    """``fer_nb.papers.margin_mix.MarginMix.train_step`` (Algorithm 1: centroids, guesses, MixUp, Eq. 10)."""
+def chapter_margin_mix(device, batch, size, compile=False):
+    """``fer_nb.papers.margin_mix.MarginMix.train_step`` (Algorithm 1: centroids, guesses, MixUp, Eq. 10;
+    ``compile``: the network through :func:`compiled`, after the EMA copy is made from the eager one)."""
     from fer_nb.models.wrn import wrn28_2
     from fer_nb.papers.margin_mix import MarginMix
 
     model = fast.prepare(wrn28_2(7, 3, bn_momentum=0.01), device)
     method = MarginMix(model, 7)
+    if compile:
+        method.model = compiled(model, device)
     batch_dict = {"image": _images(batch, 3, size, device, "fast"), "expression": torch.randint(0, 7, (batch,), device=device),
                   "u_image": _images(batch, 3, size, device, "fast")}
     ctx = _ctx()
@@ -287,9 +303,9 @@ def chapter_margin_mix(device, batch, size):
 STEPS = [
     StepSpec("large_margin", "AlexNet 227 px, batch 128", 227, 3, 128, 8, build_large_margin, chapter_large_margin),
     StepSpec("nm_tuple", "Inception FER net 48 px gray, batch 128 (chapter: 9 tuples of 1+6+6)", 48, 1, 128, 32,
-             build_nm_tuple, chapter_nm_tuple),
+             build_nm_tuple, chapter_nm_tuple, compilable=True),
     StepSpec("caf", "AlexNet 224 px, batch 256 (AV + critic + adversarial)", 224, 3, 256, 8, build_caf, chapter_caf),
     StepSpec("udat_as", "VGG16 224 px, batch 64 source + 64 target", 224, 3, 64, 2, build_udat_as, chapter_udat_as),
     StepSpec("margin_mix", "WRN-28-2 32 px, batch 64 + 2x64 unlabelled (MixMatch step; chapter: Margin-Mix step)",
-             32, 3, 64, 16, build_margin_mix, chapter_margin_mix),
+             32, 3, 64, 16, build_margin_mix, chapter_margin_mix, compilable=True),
 ]

@@ -1,4 +1,5 @@
 """The loss benchmark compares equal numbers: every loop reference gives the vectorised loss's value."""
+import pytest
 import torch
 
 from benchmarks import loss_loops
@@ -23,3 +24,43 @@ def test_each_chapter_step_runs_in_the_benchmark():
         assert images >= 4
         if isinstance(logs, dict):
             assert all(torch.isfinite(v).all() for v in logs.values()), spec.paper
+
+
+def test_launch_bound_chapter_steps_are_also_timed_compiled(monkeypatch):
+    """``--compile`` times the Margin-Mix and (N+M) chapter steps with their network through
+    ``benchmarks.steps.compiled`` (here an identity that records its calls, or a failure: recorded in the
+    row, and the benchmark goes on). The compiled networks' numbers are tested in test_compiled_steps.py."""
+    from benchmarks import run, steps
+
+    calls = []
+
+    def fake_compiled(model, device):
+        calls.append(type(model).__name__)
+        if type(model).__name__ == "InceptionFER":
+            raise RuntimeError("no compiler here\nsecond line")
+        return model
+
+    monkeypatch.setattr(steps, "compiled", fake_compiled)
+    assert {s.paper for s in steps.STEPS if s.compilable} == {"margin_mix", "nm_tuple"}
+    rows = {r["paper"]: r for r in run.bench_steps(torch.device("cpu"), True, ["nm_tuple", "margin_mix"],
+                                                    compile=True)}
+    assert calls == ["InceptionFER", "WideResNet"]
+    mm, nm = rows["margin_mix"], rows["nm_tuple"]
+    assert mm["chapter_compiled_img_s"] > 0 and mm["chapter_compile_s"] > 0
+    assert mm["ratio_chapter_compiled_over_fast"] == mm["chapter_compiled_img_s"] / mm["fast_img_s"]
+    assert nm["chapter_compiled_error"] == "RuntimeError: no compiler here" and "chapter_compiled_img_s" not in nm
+    assert nm["chapter_img_s"] > 0                         # the eager chapter step was still timed
+
+    class Stop(Exception):
+        pass
+
+    def capture(device, quick, only, compile=False):
+        seen.append(compile)
+        raise Stop
+
+    seen = []
+    monkeypatch.setattr(run, "bench_steps", capture)
+    for argv, want in ((["--device", "cpu"], False), (["--device", "cpu", "--compile"], True)):
+        with pytest.raises(Stop):
+            run.main(argv)
+    assert seen == [False, True]                           # off on a CPU unless asked (on by default on CUDA)
