@@ -43,7 +43,7 @@ lab: venv
 bench: venv
 	$(PY) -m benchmarks.run --device $(DEVICE)
 
-## make gpu-check: on a machine with a CUDA GPU, every notebook at smoke and gpu scale on CUDA, then make bench
+## make gpu-check: on a machine with a CUDA GPU, every notebook at smoke on CUDA, make bench, then every notebook at gpu scale
 gpu-check: venv
 	$(PY) -m fer_nb.gpu_check --scales smoke gpu
 

@@ -144,6 +144,7 @@ def main(argv=None) -> int:
                     help="small batches and few iterations (default: on for CPU)")
     ap.add_argument("--only", nargs="*", help="papers to benchmark (default: all)")
     ap.add_argument("--skip-losses", action="store_true")
+    ap.add_argument("--results-dir", type=Path, default=RESULTS, help="where <device>.json goes")
     ap.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                     help="also time the launch-bound chapter steps with a torch.compile'd network "
                          "(default: on for CUDA; on a CPU it mostly measures compile time)")
@@ -170,7 +171,7 @@ def main(argv=None) -> int:
         "threads": torch.get_num_threads(), "commit": git_commit(),
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "bf16_peak_tflops": _peak(name), "steps": steps, "data": data, "losses": losses,
-    }, RESULTS / f"{slug}.json")
+    }, args.results_dir / f"{slug}.json")
     print(f"[bench] wrote {out}")
     return 0
 
