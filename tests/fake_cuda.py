@@ -353,6 +353,7 @@ def fake_cuda(bf16: bool = True):
         "autocast": torch.autocast,
         "amp_autocast": torch.amp.autocast,
         "synchronize": torch.cuda.synchronize,
+        "capturing": torch.cuda.is_current_stream_capturing,
     }
     # a CUDA device guard that does nothing (no driver here); as FakeTensorMode does
     torch._C._ensureCUDADeviceGuardSet()
@@ -366,6 +367,8 @@ def fake_cuda(bf16: bool = True):
     torch.cuda.is_bf16_supported = lambda *a, **k: True
     torch.cuda.get_device_name = lambda *a, **k: "fake CUDA (tests/fake_cuda.py)"
     torch.cuda.synchronize = lambda *a, **k: None
+    # optimizers' CUDA-graph health check (torch <= 2.11 asks it whenever CUDA is available): no capture here
+    torch.cuda.is_current_stream_capturing = lambda: False
     if bf16:
         torch.autocast = torch.amp.autocast = _Autocast
     try:
@@ -380,6 +383,7 @@ def fake_cuda(bf16: bool = True):
         torch.cuda.is_bf16_supported = saved["is_bf16_supported"]
         torch.cuda.get_device_name = saved["get_device_name"]
         torch.cuda.synchronize = saved["synchronize"]
+        torch.cuda.is_current_stream_capturing = saved["capturing"]
         torch.autocast, torch.amp.autocast = saved["autocast"], saved["amp_autocast"]
 
 
