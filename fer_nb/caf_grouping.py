@@ -26,16 +26,20 @@ METHODS = ("otsu", "otsu_radius", "kmeans", "code")
 def otsu_threshold(values: torch.Tensor, bins: int = 256) -> torch.Tensor:
     """Otsu's threshold of 1-D ``values``: the bin edge maximising ``w0 w1 (mu0 - mu1)^2``.
 
-    The histogram spans ``[min, max]``; a constant input returns that constant.
+    The histogram spans ``[min, max]`` with ``torch.histc``'s bins (value ``x`` in bin
+    ``floor((x - min) * bins / (max - min))``, the maximum in the last); a constant input returns that
+    constant. Everything stays on the values' device: nothing is read on the host, so the CAF step does
+    not wait for the GPU here (it runs twice per mini-batch).
     """
     x = torch.as_tensor(values).detach().double().flatten()
     if x.numel() == 0:
         raise ValueError("otsu_threshold needs at least one value")
     lo, hi = x.min(), x.max()
-    if float(hi - lo) <= 1e-12:
-        return lo.float()
-    hist = torch.histc(x, bins=bins, min=float(lo), max=float(hi))
-    centres = lo + (torch.arange(bins, dtype=torch.float64, device=x.device) + 0.5) * (hi - lo) / bins
+    constant = (hi - lo) <= 1e-12
+    span = torch.where(constant, torch.ones_like(lo), hi - lo)   # any width will do: a constant returns lo
+    idx = ((x - lo) * bins / span).long().clamp_(0, bins - 1)
+    hist = torch.zeros(bins, dtype=torch.float64, device=x.device).scatter_add_(0, idx, torch.ones_like(x))
+    centres = lo + (torch.arange(bins, dtype=torch.float64, device=x.device) + 0.5) * span / bins
     p = hist / hist.sum()
     w0 = torch.cumsum(p, 0)[:-1]            # class 0 = bins [0..t], t = 0..bins-2
     m0 = torch.cumsum(p * centres, 0)[:-1]
@@ -43,8 +47,8 @@ def otsu_threshold(values: torch.Tensor, bins: int = 256) -> torch.Tensor:
     w1 = 1 - w0
     valid = (w0 > 0) & (w1 > 0)
     between = torch.where(valid, (mt * w0 - m0).pow(2) / (w0 * w1).clamp_min(1e-300), torch.zeros_like(w0))
-    t = int(torch.argmax(between))
-    return (lo + (t + 1) * (hi - lo) / bins).float()  # upper edge of bin t
+    t = torch.argmax(between)
+    return torch.where(constant, lo, lo + (t + 1) * span / bins).float()  # upper edge of bin t
 
 
 def kmeans_threshold(values: torch.Tensor, k: int = 2, iters: int = 50) -> torch.Tensor:

@@ -99,7 +99,8 @@ def confidence_delta(n: int | torch.Tensor, k: int | torch.Tensor, c: float = 0.
     return torch.log(n / c) / (2 * k)
 
 
-def margin_count(cross_d2: torch.Tensor, base: torch.Tensor, n: int, c: float = 0.05) -> torch.Tensor:
+def margin_count(cross_d2: torch.Tensor, base: torch.Tensor, n: int, c: float = 0.05,
+                 mask: torch.Tensor | None = None) -> torch.Tensor:
     """Self-consistent ``K``: the number of sorted cross distances with ``d_(k) < base + Delta(N, k)``.
 
     ``d_(k) < t_k`` holds exactly when at least ``k`` distances lie below ``t_k``, and a distance
@@ -107,19 +108,22 @@ def margin_count(cross_d2: torch.Tensor, base: torch.Tensor, n: int, c: float = 
     ``k_max = ceil(L / (2 (d - base))) - 1`` (all ``k`` when ``d <= base``). So a histogram of
     ``k_max`` and a reversed cumulative sum give the counts ``c(k)`` for every ``k`` at once, and
     ``K = #{k : c(k) >= k}``: ``O(M)`` work for ``M`` distances, no sort, no host synchronisation.
+    ``mask`` (the shape of ``cross_d2``) selects the cross distances among all entries, so the caller
+    need not gather them (a boolean-mask gather has a data-dependent size: a host sync on a GPU).
     """
-    if cross_d2.numel() == 0:
-        return torch.ones((), dtype=torch.long, device=cross_d2.device)
     d = cross_d2.detach().flatten().double()
-    m = d.numel()
+    m_all = d.numel()
+    if m_all == 0:
+        return torch.ones((), dtype=torch.long, device=cross_d2.device)
+    keep = torch.ones_like(d, dtype=torch.bool) if mask is None else mask.flatten()
+    m = keep.sum().to(d.dtype)                                   # how many distances are selected
     log_term = math.log(max(n, 1) / c)
     excess = d - base.detach().double()
-    k_max = torch.where(excess > 0, torch.ceil(log_term / (2 * excess.clamp_min(1e-300))) - 1,
-                        torch.full_like(d, float(m)))
-    k_max = k_max.clamp(0, m).long()
-    hist = torch.zeros(m + 1, dtype=torch.long, device=d.device).scatter_add_(0, k_max, torch.ones_like(k_max))
+    k_max = torch.where(excess > 0, torch.ceil(log_term / (2 * excess.clamp_min(1e-300))) - 1, m)
+    k_max = torch.where(keep, torch.minimum(k_max.clamp_min(0), m), torch.zeros_like(k_max)).long()
+    hist = torch.zeros(m_all + 1, dtype=torch.long, device=d.device).scatter_add_(0, k_max, torch.ones_like(k_max))
     below = hist.flip(0).cumsum(0).flip(0)[1:]          # below[k - 1] = #{d : k_max(d) >= k}, k = 1..M
-    ks = torch.arange(1, m + 1, device=d.device)
+    ks = torch.arange(1, m_all + 1, device=d.device)
     return (below >= ks).long().sum().clamp_min(1)
 
 
@@ -152,12 +156,13 @@ class CAFCriticLoss(nn.Module):
         self.last: dict[str, torch.Tensor] = {}
 
     def adaptive_margin(self, z_s: torch.Tensor, z_w: torch.Tensor, cross_d2: torch.Tensor,
-                        n: int, epoch: int = 0) -> torch.Tensor:
-        """``alpha_hat`` of Eq. 5 / 8 (or its constant / linear ablations)."""
+                        n: int, epoch: int = 0, cross_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """``alpha_hat`` of Eq. 5 / 8 (or its constant / linear ablations); ``cross_d2`` the cross-group
+        squared distances, or all of them with ``cross_mask`` selecting the cross pairs."""
         zs, zw = (z_s.detach(), z_w.detach()) if self.detach_margin else (z_s, z_w)
         mi, eta = gaussian_mi(zs, zw, self.bandwidth, self.mi_max)
         if self.margin == "delta":
-            k = margin_count(cross_d2, mi, n, self.c)
+            k = margin_count(cross_d2, mi, n, self.c, mask=cross_mask)
             extra = (math.log(max(n, 1) / self.c) / (2 * k.double())).to(mi.dtype)
         elif self.margin == "constant":
             k, extra = torch.zeros((), dtype=torch.long), mi.new_tensor(self.kappa)
@@ -189,8 +194,7 @@ class CAFCriticLoss(nn.Module):
             neg_mask = strong[:, None] & ~strong[None, :]
         else:  # the official code's fixed pairs after truncation to equal group sizes
             pos_mask, neg_mask = self._code_pairs(strong)
-        cross = d2[neg_mask]
-        alpha = self.adaptive_margin(z[strong], z[~strong], cross, n, epoch)
+        alpha = self.adaptive_margin(z[strong], z[~strong], d2, n, epoch, cross_mask=neg_mask)
         n_pos = pos_mask.sum().clamp_min(1).to(z.dtype)
         n_neg = neg_mask.sum().clamp_min(1).to(z.dtype)
         pos_term = (d2 * pos_mask).sum() / n_pos
