@@ -16,7 +16,8 @@ correctness checks and the throughput figures first. A notebook that fails does 
 exit status is non-zero when any step failed.
 
 On a GPU machine without internet, run it with the machine's own torch: ``PYTHONPATH=. python3 -m
-fer_nb.gpu_check ...`` after installing the other requirements from carried wheels (README, "GPU").
+fer_nb.gpu_check ...`` after installing the other requirements from carried wheels (the README's "Other scales,
+a GPU, real data").
 """
 from __future__ import annotations
 
