@@ -13,8 +13,8 @@ its inputs as CUDA would, raising :class:`DeviceMismatch` for
 ``with host_syncs() as syncs:`` (inside :func:`fake_cuda`) records every operation that would make the host
 wait for the GPU: reading a CUDA value on the host (``.item()``, ``float()``, ``bool()``, ``.tolist()``,
 ``if cuda_tensor:``), a copy from CUDA to the CPU, and an op whose output shape depends on CUDA data
-(``nonzero``, boolean-mask indexing, ``masked_select``, ``unique``, ``repeat_interleave`` without
-``output_size``). Each entry names the op and the first ``fer_nb`` frame that asked for it. A training step
+(``nonzero``, boolean-mask indexing, ``masked_select``, ``unique``, ``bincount``, ``repeat_interleave``
+without ``output_size``). Each entry names the op and the first ``fer_nb`` frame that asked for it. A training step
 with such a call cannot be captured in a CUDA graph and stalls the GPU's queue every step.
 
 ``torch.autocast("cuda", ...)`` becomes CPU autocast inside the context (``bf16=True``, the default), so a
@@ -132,7 +132,9 @@ class _State(threading.local):
 #: ops whose output shape depends on the data: CUDA computes it, then the host waits to read it
 DATA_DEPENDENT_SHAPE_OPS = {aten.nonzero.default, aten.masked_select.default, aten._unique2.default,
                             aten.unique_dim.default, aten.unique_consecutive.default, aten._unique.default,
-                            aten.repeat_interleave.Tensor}
+                            aten.repeat_interleave.Tensor, aten.bincount.default}
+#: ops that return a Python value computed from CUDA data
+HOST_VALUE_OPS = {aten._local_scalar_dense.default, aten.equal.default}
 
 
 def _caller() -> str:
@@ -257,8 +259,8 @@ def _run(func, args, kwargs):
             raise DeviceMismatch(f"{func}: Expected a '{want_type}' device type for generator but found '{gen_type}'")
 
     if _STATE.syncs is not None and "cuda" in devices:
-        if func is aten._local_scalar_dense.default:
-            _record_sync("a CUDA value read on the host (.item(), float(), bool())")
+        if func in HOST_VALUE_OPS:
+            _record_sync("a CUDA value read on the host (.item(), float(), bool(), torch.equal)")
         elif func is aten._to_copy.default and not on_cuda:
             _record_sync("a copy from CUDA to the CPU")
         elif func is aten.copy_.default and not on_cuda:

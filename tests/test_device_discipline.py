@@ -370,13 +370,16 @@ def test_host_syncs_records_what_makes_the_host_wait():
             bool(m.any()), x.cpu(), x.tolist(), m.nonzero(), x[m], torch.unique(x), torch.masked_select(x, m)
             y = x.clone()
             y[m] = 0.0
+            torch.equal(x, y), torch.bincount(m.long(), minlength=2)
     what = [s.split(" at ")[0] for s in syncs]
-    assert what == ["a CUDA value read on the host (.item(), float(), bool())"] * 2 + [
+    read = "a CUDA value read on the host (.item(), float(), bool(), torch.equal)"
+    assert what == [read] * 2 + [
         "a copy from CUDA to the CPU", "tolist", "aten.nonzero.default (output shape depends on CUDA data)",
         "aten.index.Tensor with a boolean mask (output shape depends on CUDA data)",
         "aten._unique2.default (output shape depends on CUDA data)",
         "aten.masked_select.default (output shape depends on CUDA data)",
-        "aten.index_put_.default with a boolean mask (output shape depends on CUDA data)"]
+        "aten.index_put_.default with a boolean mask (output shape depends on CUDA data)",
+        read, "aten.bincount.default (output shape depends on CUDA data)"]
     assert all(s.split(" at ")[1].startswith("test_device_discipline.py:") for s in syncs)
 
 
