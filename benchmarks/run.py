@@ -89,7 +89,8 @@ def bench_steps(device: torch.device, quick: bool, only: list[str] | None, compi
                 row["ratio_chapter_compiled_over_fast"] = row["chapter_compiled_img_s"] / row["fast_img_s"]
                 del step
             except Exception as exc:  # noqa: BLE001 - recorded in the row; the other benchmarks still run
-                row["chapter_compiled_error"] = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ''}"
+                first_line = (str(exc).strip().splitlines() or [""])[0][:300]
+                row["chapter_compiled_error"] = f"{type(exc).__name__}: {first_line}"
         flops = _step_flops(spec.build, device, batch, spec.image_size)
         row["model_gflop_per_step"] = flops / 1e9
         row["achieved_tflops_fast"] = flops / (row["fast_ms_per_step"] / 1e3) / 1e12

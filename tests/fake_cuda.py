@@ -14,8 +14,9 @@ its inputs as CUDA would, raising :class:`DeviceMismatch` for
 wait for the GPU: reading a CUDA value on the host (``.item()``, ``float()``, ``bool()``, ``.tolist()``,
 ``if cuda_tensor:``), a copy from CUDA to the CPU, and an op whose output shape depends on CUDA data
 (``nonzero``, boolean-mask indexing, ``masked_select``, ``unique``, ``bincount``, ``repeat_interleave``
-without ``output_size``). Each entry names the op and the first ``fer_nb`` frame that asked for it. A training step
-with such a call cannot be captured in a CUDA graph and stalls the GPU's queue every step.
+without ``output_size``). Each entry names the op and the innermost frame outside torch that asked for it (a
+``fer_nb`` file when the call came from the package). A training step with such a call cannot be captured in a
+CUDA graph and stalls the GPU's queue every step.
 
 ``torch.autocast("cuda", ...)`` becomes CPU autocast inside the context (``bf16=True``, the default), so a
 run under fake CUDA also gets the bf16 activations of a real CUDA run (a float head fed bf16 features fails
@@ -33,7 +34,9 @@ behaviour (TF32, nondeterministic atomics) is not simulated.
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
+import traceback
 
 import torch
 from torch.overrides import TorchFunctionMode
@@ -140,9 +143,6 @@ HOST_VALUE_OPS = {aten._local_scalar_dense.default, aten.equal.default}
 def _caller() -> str:
     """The innermost frame of the current call outside torch and this file, as ``file:line (code)``; the file
     relative to ``fer_nb/`` (or ``benchmarks/``) when it is there, else its name."""
-    import os
-    import traceback
-
     for f in reversed(traceback.extract_stack()[:-3]):
         path = f.filename.replace("\\", "/")
         if "/torch/" in path or path.endswith(("fake_cuda.py", "/contextlib.py", "/functools.py")):
@@ -409,6 +409,12 @@ def _site(entry: str) -> str:
     return f"{path}: {code}" if code else path
 
 
+def _count(record: dict, kind: str, syncs: list[str]) -> None:
+    """Add ``syncs`` (entries of :func:`host_syncs`) to ``record[kind]``, counted per call site."""
+    for s in syncs:
+        record[kind][_site(s)] = record[kind].get(_site(s), 0) + 1
+
+
 class _RecordedBatches:
     """``train_batches(epoch)`` of a recorded fit: the host syncs of each ``next()`` are recorded."""
 
@@ -423,8 +429,7 @@ class _RecordedBatches:
                     batch = next(it)
                 except StopIteration:
                     return
-            for s in syncs:
-                self.record["batch_syncs"][_site(s)] = self.record["batch_syncs"].get(_site(s), 0) + 1
+            _count(self.record, "batch_syncs", syncs)
             yield batch
 
 
@@ -459,18 +464,16 @@ def record_fit_syncs(report: str) -> None:
             with host_syncs() as syncs:
                 out = step(batch, ctx)
             record["steps"] += 1
-            for s in syncs:
-                record["step_syncs"][_site(s)] = record["step_syncs"].get(_site(s), 0) + 1
+            _count(record, "step_syncs", syncs)
             return out
 
-        bound.arguments["train_step"] = train_step
         def train_batches(epoch):
             with host_syncs() as syncs:
                 made = batches(epoch)
-            for s in syncs:
-                record["batch_syncs"][_site(s)] = record["batch_syncs"].get(_site(s), 0) + 1
+            _count(record, "batch_syncs", syncs)
             return (_SizedRecordedBatches if hasattr(made, "__len__") else _RecordedBatches)(made, record)
 
+        bound.arguments["train_step"] = train_step
         bound.arguments["train_batches"] = train_batches
         try:
             return real_fit(*bound.args, **bound.kwargs)

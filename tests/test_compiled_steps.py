@@ -9,7 +9,6 @@ eager step's numbers: the losses of three steps, the weights, the EMA weights an
 """
 from __future__ import annotations
 
-import copy
 from types import SimpleNamespace
 
 import numpy as np
