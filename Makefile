@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-$(shell cat requirements.txt pyproject.toml | sha1su
 export FER_NB_PLAIN_PROGRESS ?= 1
 export PYTHONHASHSEED := 0
 
-.PHONY: venv book test test-fast lab bench gpu-check clean
+.PHONY: venv book test test-fast lab bench gpu-check record clean
 
 venv: $(STAMP)
 $(STAMP): requirements.txt pyproject.toml
@@ -46,6 +46,11 @@ bench: venv
 ## make gpu-check: on a machine with a CUDA GPU, every notebook at smoke on CUDA, make bench, then every notebook at gpu scale
 gpu-check: venv
 	$(PY) -m fer_nb.gpu_check --scales smoke gpu
+
+## make record [DATA_ROOT=...] [JOBS=2] [ARGS=--all|--check|--only NAME]: re-run the recorded runs under
+## results/ that the code no longer matches (a worktree of HEAD, one CPU thread per job, longest first)
+record: venv
+	$(PY) -m fer_nb.record --jobs $${JOBS:-2} $(if $(DATA_ROOT),--data-root $(DATA_ROOT),) $(ARGS)
 
 clean:
 	rm -rf book/_build book/_generated runs
