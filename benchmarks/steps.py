@@ -10,7 +10,8 @@
 * ``chapter, compiled`` (the launch-bound steps only: Margin-Mix's WRN-28-2 at 32 px and the (N+M)
   Inception net at 48 px, ``StepSpec.compilable``): the same step with its network wrapped by
   :func:`compiled` (``torch.compile``, ``mode="reduce-overhead"`` on CUDA: fused kernels replayed as CUDA
-  graphs). The chapters do not compile their networks yet; this row measures what it would give.
+  graphs). On CUDA this is how those two chapters train (preset ``compile_network: auto``,
+  :mod:`fer_nb.compiled`); the eager ``chapter`` row beside it shows what compiling gives.
 
 Each builder returns ``(step, images_per_step)``; ``step()`` runs one full training iteration on
 random tensors already on the device (the data pipeline is timed separately).
@@ -24,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from fer_nb import fast
+from fer_nb.compiled import maybe_compile
 from fer_nb.device import autocast
 
 
@@ -41,9 +43,10 @@ class StepSpec:
 
 
 def compiled(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
-    """``torch.compile(model)``; ``mode="reduce-overhead"`` on CUDA (CUDA graphs; inductor's default on a CPU).
-    The returned module shares ``model``'s parameters and buffers."""
-    return torch.compile(model, mode="reduce-overhead" if device.type == "cuda" else None)
+    """``model`` compiled as the chapters compile it (:func:`fer_nb.compiled.maybe_compile`, forced on):
+    ``mode="reduce-overhead"`` on CUDA (CUDA graphs; inductor's default on a CPU). The returned module
+    shares ``model``'s parameters and buffers."""
+    return maybe_compile(model, "on", device)
 
 
 def _opt(params, lr, device, mode, **kw):

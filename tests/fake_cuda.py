@@ -26,6 +26,11 @@ Why not ``torch._subclasses.fake_tensor.FakeTensorMode``: it has no data, so eve
 or data-dependent shape in the code under test raises ``DataDependentOutputException``, and its tensors
 cannot run backward (the autograd engine asks the CUDA driver for a primary context). Here the data is real.
 
+``torch.compile`` inside the context returns the module unchanged and records ``(module class, mode)`` in
+:data:`COMPILE_CALLS`: inductor cannot generate CUDA code without a GPU, so a chapter that compiles its network
+on CUDA (``fer_nb.compiled``) runs it eager here, and the tests check only that it asked for CUDA graphs
+(``tests/test_compiled_steps.py`` checks compiled against eager on the CPU).
+
 Limits: scratch tensors that a composite op makes with ``x.options()`` are taken to be on ``x``'s device
 (tracked per torch call); ``torch.cuda`` runtime calls other than ``synchronize`` and ``get_device_name``
 (events, streams, memory statistics) are not available; kernels run on the CPU, so CUDA-only numerical
@@ -43,6 +48,8 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
 CUDA = torch.device("cuda", 0)
+#: ``(module class, mode)`` of every ``torch.compile`` asked for inside :func:`fake_cuda`, in order
+COMPILE_CALLS: list[tuple[str, str | None]] = []
 aten = torch.ops.aten
 
 #: CUDA kernels accept CPU index tensors for these ops (indices are copied to the device)
@@ -337,6 +344,12 @@ class _Autocast(torch.amp.autocast):
         super().__init__("cpu" if device_type == "cuda" else device_type, *args, **kwargs)
 
 
+def _fake_compile(model=None, *, mode=None, **kwargs):
+    """``torch.compile`` under fake CUDA: record the request, return ``model`` unchanged (runs eager)."""
+    COMPILE_CALLS.append((type(model).__name__, mode))
+    return model
+
+
 @contextlib.contextmanager
 def fake_cuda(bf16: bool = True):
     """Run the block with fake CUDA tensors (see the module docstring for what is checked).
@@ -356,6 +369,7 @@ def fake_cuda(bf16: bool = True):
         "amp_autocast": torch.amp.autocast,
         "synchronize": torch.cuda.synchronize,
         "capturing": torch.cuda.is_current_stream_capturing,
+        "compile": torch.compile,
     }
     # a CUDA device guard that does nothing (no driver here); as FakeTensorMode does
     torch._C._ensureCUDADeviceGuardSet()
@@ -371,6 +385,7 @@ def fake_cuda(bf16: bool = True):
     torch.cuda.synchronize = lambda *a, **k: None
     # optimizers' CUDA-graph health check (torch <= 2.11 asks it whenever CUDA is available): no capture here
     torch.cuda.is_current_stream_capturing = lambda: False
+    torch.compile = _fake_compile
     if bf16:
         torch.autocast = torch.amp.autocast = _Autocast
     try:
@@ -386,6 +401,7 @@ def fake_cuda(bf16: bool = True):
         torch.cuda.get_device_name = saved["get_device_name"]
         torch.cuda.synchronize = saved["synchronize"]
         torch.cuda.is_current_stream_capturing = saved["capturing"]
+        torch.compile = saved["compile"]
         torch.autocast, torch.amp.autocast = saved["autocast"], saved["amp_autocast"]
 
 
@@ -452,11 +468,14 @@ def record_fit_syncs(report: str) -> None:
 
     real_fit = train.fit
     runs: list[dict] = []
+    seen = [0]   # COMPILE_CALLS already attributed to a run
 
     @functools.wraps(real_fit)
     def fit(*args, **kwargs):
         bound = inspect.signature(real_fit).bind(*args, **kwargs)
-        record = {"desc": bound.arguments.get("desc", "train"), "steps": 0, "step_syncs": {}, "batch_syncs": {}}
+        record = {"desc": bound.arguments.get("desc", "train"), "steps": 0, "step_syncs": {}, "batch_syncs": {},
+                  "compiled": [list(c) for c in COMPILE_CALLS[seen[0]:]]}   # asked for since the last fit
+        seen[0] = len(COMPILE_CALLS)
         runs.append(record)
         step, batches = bound.arguments["train_step"], bound.arguments["train_batches"]
 

@@ -415,3 +415,28 @@ def test_fit_records_each_steps_syncs(monkeypatch, tmp_path):
     assert run["desc"] == "probe" and run["steps"] == 6
     assert list(run["step_syncs"].values()) == [6] and "float(loss) > 1e9" in next(iter(run["step_syncs"]))
     assert sum(run["batch_syncs"].values()) == 6
+
+
+def test_device_side_checks_keep_the_error_and_drop_the_wait():
+    """``fer_nb.losses.device_checks.require``: off CUDA a ValueError with the values found; on CUDA a queued
+    device-side assertion, no host sync (fake CUDA runs it on the CPU data, so a broken rule still fails)."""
+    from fake_cuda import host_syncs
+    from fer_nb.losses.device_checks import require
+    from fer_nb.losses.margin_mix_loss import MarginMixLoss
+
+    labels = torch.tensor([0, 3, -1])
+    require(((labels >= -1) & (labels < 4)).all(), "ids in [-1, 3]")
+    with pytest.raises(ValueError, match=r"ids in \[-1, 2\]; got max 3"):
+        require(((labels >= -1) & (labels < 3)).all(), "ids in [-1, 2]", lambda: f"got max {int(labels.max())}")
+    loss = MarginMixLoss(4)
+    with fake_cuda(bf16=False):
+        emb = torch.randn(3, 5, device="cuda")
+        with host_syncs() as syncs:
+            require(((labels.cuda() >= -1) & (labels.cuda() < 4)).all(), "ids in [-1, 3]")
+            loss(emb, labels.cuda())                       # class ids: checked on the device
+            loss(emb, torch.full((3, 4), 0.25, device="cuda"))   # soft targets: likewise
+        assert syncs == []
+        with pytest.raises(RuntimeError, match=r"class ids must lie in \[-1, 3\]"):
+            loss(emb, torch.tensor([0, 4, 1], device="cuda"))
+    with pytest.raises(ValueError, match=r"class ids must lie in \[-1, 3\].*got min 0, max 4"):
+        loss(torch.randn(3, 5), torch.tensor([0, 4, 1]))   # on the CPU the message has the values

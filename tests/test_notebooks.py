@@ -76,6 +76,9 @@ def test_notebook_smoke(src, tmp_path, monkeypatch):
 #: remove a site from the file when it is fixed, and never add one without a reason.
 HOST_SYNCS = Path(__file__).resolve().parent.parent / "benchmarks" / "host_syncs.json"
 PER_STEP_HOST_SYNCS = {k: set(v) for k, v in json.loads(HOST_SYNCS.read_text()).items() if not k.startswith("_")}
+#: chapters whose training runs compile the network on CUDA (``fer_nb.compiled``, preset ``compile_network: auto``:
+#: the launch-bound WRN at 32 px and Inception net at 48 px); fake CUDA records the request and runs eager
+COMPILED_ON_CUDA = {"margin_mix", "nm_tuple"}
 
 
 def per_step_syncs(report: Path) -> tuple[set[str], list[str]]:
@@ -110,6 +113,13 @@ def test_notebook_on_fake_cuda(src, tmp_path, monkeypatch):
     assert every_step == expected, (
         f"per-step host syncs changed: new {sorted(every_step - expected)}, gone {sorted(expected - every_step)}\n"
         + "\n".join(lines))
+    runs = json.loads(report.read_text()) if report.exists() else []
+    asked = {(run["desc"], cls, mode) for run in runs for cls, mode in run["compiled"]}
+    if key_of(src) in COMPILED_ON_CUDA:   # every training run of the chapter trains a network compiled for CUDA graphs
+        assert runs and all(run["compiled"] for run in runs), [(r["desc"], r["compiled"]) for r in runs]
+        assert {mode for *_, mode in asked} == {"reduce-overhead"}, asked
+    else:
+        assert not asked, f"{key_of(src)} compiles a network; add it to COMPILED_ON_CUDA: {sorted(asked)}"
 
 
 DETERMINISM = [p for p in NOTEBOOKS if key_of(p) in ("large_margin", "caf")]

@@ -36,6 +36,7 @@ import torch
 from torch import nn
 
 from fer_nb.losses.common import check_reduction, reduce, working_dtype
+from fer_nb.losses.device_checks import require
 from fer_nb.losses.distances import DISTANCES, normalise, pairwise_sq_distances
 
 __all__ = ["DISTANCES", "MarginMixLoss", "centroid_sq_distances", "eq11_gradient", "pairwise_sq_distances",
@@ -68,19 +69,21 @@ def _targets(labels: torch.Tensor, num_classes: int, dtype: torch.dtype, name: s
         if labels.dtype.is_floating_point or labels.dtype == torch.bool:
             raise TypeError(f"{name}: labels as a 1-d tensor must be integer class ids (use labels.long()), "
                             f"got {labels.dtype}; or pass soft targets (N, {num_classes})")
-        if labels.numel() and (bool((labels < -1).any()) or bool((labels >= num_classes).any())):
-            raise ValueError(f"{name}: class ids must lie in [-1, {num_classes - 1}] (-1 = unlabelled, ignored); "
-                             f"got min {int(labels.min())}, max {int(labels.max())}; build the loss with "
-                             f"num_classes={max(int(labels.max()) + 1, num_classes)} or fix the labels")
+        if labels.numel():
+            require(((labels >= -1) & (labels < num_classes)).all(),
+                    f"{name}: class ids must lie in [-1, {num_classes - 1}] (-1 = unlabelled, ignored)",
+                    lambda: f"got min {int(labels.min())}, max {int(labels.max())}; build the loss with "
+                            f"num_classes={max(int(labels.max()) + 1, num_classes)} or fix the labels")
         valid = labels >= 0
         t = torch.nn.functional.one_hot(labels.clamp_min(0), num_classes).to(dtype)
         return t * valid[:, None].to(dtype)
     if labels.ndim == 2 and labels.shape[1] == num_classes:
         if not labels.dtype.is_floating_point:
             raise TypeError(f"{name}: soft targets (N, {num_classes}) must be floating point, got {labels.dtype}")
-        if labels.numel() and not bool(((labels >= 0) & torch.isfinite(labels)).all()):
-            raise ValueError(f"{name}: soft targets must be finite and >= 0 (a distribution per row, all-zero = "
-                             f"ignored row); got min {float(labels.min())}")
+        if labels.numel():
+            require(((labels >= 0) & torch.isfinite(labels)).all(),
+                    f"{name}: soft targets must be finite and >= 0 (a distribution per row, all-zero = ignored row)",
+                    lambda: f"got min {float(labels.min())}")
         return labels.to(dtype)
     raise ValueError(f"{name}: labels must be (N,) class ids or (N, {num_classes}) soft targets, "
                      f"got {tuple(labels.shape)}")

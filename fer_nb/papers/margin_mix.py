@@ -43,6 +43,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from fer_nb import fast
+from fer_nb.compiled import maybe_compile
 from fer_nb.data.augment import Augment
 from fer_nb.data.schema import FaceArrays
 from fer_nb.losses.large_margin_loss import normalise
@@ -336,7 +337,9 @@ def run_one(cfg, data: dict, table: str, method: str, n_labels: int | str, seed:
     EMA model after recalibrating its BN statistics on training images (:func:`evaluate`).
 
     ``over`` goes to :func:`build_method` (Table 5's ablations, Tables 1-2's MixMatch settings) and
-    into the run hash. ``checkpoint=True`` trains through :func:`fer_nb.train.fit_or_load` (a re-run
+    into the run hash. The method trains the network through :func:`fer_nb.compiled.maybe_compile`
+    (preset key ``compile_network``; ``"auto"``: CUDA graphs on CUDA, eager elsewhere); the EMA copy,
+    the checkpoints and the evaluation use the eager module, whose parameters the compiled one shares. ``checkpoint=True`` trains through :func:`fer_nb.train.fit_or_load` (a re-run
     with the same hash loads the run); ``checkpoint=False`` trains the same steps through
     :func:`fer_nb.train.fit` and writes nothing, for callers whose data the run hash does not
     identify (``benchmarks/synthfacs_vs_ferplus.py`` trains on data it generates itself).
@@ -355,6 +358,7 @@ def run_one(cfg, data: dict, table: str, method: str, n_labels: int | str, seed:
     model = fast.prepare(WideResNet(C, hp["depth"], hp["widen_factor"], train.images.shape[1],
                                     bn_momentum=hp["bn_momentum"]), cfg.device)
     m = build_method(cfg, method, model, C, **dict(over))
+    m.model = maybe_compile(model, hp["compile_network"], cfg.device)   # CUDA graphs on CUDA ("auto")
     pool = unl if (method != "supervised" and len(unl)) else None
     run = dict(modules={"model": model}, optimizers=m.optimizers(), train_step=m.train_step,
                train_batches=lambda ep: PairedBatches(lab, pool, hp["batch_size"], hp["steps"], seed, ep, cfg.device),

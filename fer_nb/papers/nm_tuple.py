@@ -15,6 +15,10 @@ The loss itself (Eq. 3, 8, 10 and Algorithm 1's online positive mining) is
   pre-training pool (:func:`check_protocol` validates ``DATASET`` / ``PRETRAIN_DATASET``).
 * :func:`run_experiments` - pre-train, then every variant on every fold; :func:`sequence_decision`,
   :func:`identity_leakage` and the table builders turn the outputs into the paper's tables.
+
+Both training stages run the network through :func:`fer_nb.compiled.maybe_compile` (preset key
+``compile_network``; ``"auto"``: CUDA graphs on CUDA, where the Inception net at 48 px is bound by kernel
+launches, and eager elsewhere); evaluation and checkpoints use the eager module, which shares its weights.
 """
 from __future__ import annotations
 
@@ -26,6 +30,7 @@ import torch
 from torch.nn import functional as F
 
 from fer_nb import fast, metrics, train
+from fer_nb.compiled import maybe_compile
 from fer_nb.data import augment, splits
 from fer_nb.data.face_crop import crop_for, equalize, to_gray
 from fer_nb.data.samplers import IdentityAwareSampler, tuple_groups
@@ -241,6 +246,7 @@ def pretrain(cfg, seed: int) -> dict:
     pool = pretrain_pool(cfg, seed)
     model = new_model(cfg, pool.num_classes, 1)
     opt = fast.optimizer("adam", model.parameters(), cfg.pretrain_lr, cfg.device)
+    net = maybe_compile(model, cfg.compile_network, cfg.device)   # CUDA graphs on CUDA ("auto")
     g = torch.Generator(device=cfg.device).manual_seed(seed)
 
     def batches(epoch):
@@ -248,7 +254,7 @@ def pretrain(cfg, seed: int) -> dict:
         return list(order.to(cfg.device).split(cfg.pretrain_batch))
 
     def step(idx, ctx):
-        return pretrain_step(model, opt, pool.images[idx], pool.labels["expression"][idx], cfg.crop_pad, g)
+        return pretrain_step(net, opt, pool.images[idx], pool.labels["expression"][idx], cfg.crop_pad, g)
 
     h = cfg.run_hash(stage="pretrain", seed=seed)
     train.fit_or_load(train.checkpoint_path(cfg.out_dir, f"pretrain-seed{seed}", h), h, modules={"model": model},
@@ -299,6 +305,7 @@ def finetune(cfg, proto: Mapping, kind: str, variant: str, seed: int, fold: int,
     model.load_state_dict(state, strict=False)                  # trunk + EC branch from pre-training
     loss_fn = metric_loss(cfg, metric, model.embedding_dim)
     opt = fast.optimizer("adam", list(model.parameters()) + list(loss_fn.parameters()), cfg.lr, cfg.device)
+    net = maybe_compile(model, cfg.compile_network, cfg.device)   # CUDA graphs on CUDA ("auto"); eager model evaluates
     y_all, s_all = tr_ds.labels["expression"], tr_ds.labels["subject"]
     g = torch.Generator(device=cfg.device).manual_seed(seed)
     tr_cpu = train_rows.cpu()
@@ -310,7 +317,7 @@ def finetune(cfg, proto: Mapping, kind: str, variant: str, seed: int, fold: int,
         return [tr_cpu[b.indices].to(cfg.device) for b in sam.epoch(cfg.tuples_per_batch)]
 
     def step(tuples, ctx):
-        return finetune_step(model, loss_fn, opt, tr_ds.images, y_all, tuples, cfg.alpha, cfg.crop_pad, g)
+        return finetune_step(net, loss_fn, opt, tr_ds.images, y_all, tuples, cfg.alpha, cfg.crop_pad, g)
 
     def evaluate(epoch):
         out = infer(model, ev_ds, val_rows)
