@@ -12,6 +12,7 @@ from pytorch_metric_learning.distances import LpDistance
 from pytorch_metric_learning.reducers import MeanReducer
 
 from fer_nb.losses.coupled_clusters import CoupledClustersLoss, cluster_masks, reference_coupled_clusters
+from fer_nb.losses.masks import group_queries
 from fer_nb.losses.n_plus_one_tuple import NPlusOneTupleLoss, reference_n_plus_one
 from fer_nb.losses.nm_tuple_clusters import NMTupleClustersLoss, reference_nm_tuple
 from fer_nb.losses.triplet import TripletLoss, reference_triplet
@@ -155,8 +156,20 @@ def test_cluster_masks_groups():
     y = torch.tensor([2, 2, 0, 1, 1, 1, 0, -1])
     groups = torch.tensor([5, 5, 5, 5, 9, 9, 9, 9])
     pos, neg = cluster_masks(y, groups)
-    assert pos.tolist() == [[1, 1, 0, 0, 0, 0, 0, 0], [0, 0, 0, 0, 1, 1, 0, 0]]
-    assert neg.tolist() == [[0, 0, 1, 1, 0, 0, 0, 0], [0, 0, 0, 0, 0, 0, 1, 0]]
+    # one slot per row (no host sync to learn how many groups there are): the two groups, then six empty slots
+    assert pos.tolist() == [[1, 1, 0, 0, 0, 0, 0, 0], [0, 0, 0, 0, 1, 1, 0, 0]] + [[0] * 8] * 6
+    assert neg.tolist() == [[0, 0, 1, 1, 0, 0, 0, 0], [0, 0, 0, 0, 0, 0, 1, 0]] + [[0] * 8] * 6
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_group_queries_rank_groups_as_unique_does(seed):
+    g = torch.Generator().manual_seed(seed)
+    groups = torch.randint(-3, 6, (int(torch.randint(1, 30, (1,), generator=g)),), generator=g)
+    inverse, first = group_queries(groups)
+    uniq, want = torch.unique(groups, return_inverse=True)
+    assert torch.equal(inverse, want) and len(first) == len(groups)
+    firsts = [next(i for i, v in enumerate(groups.tolist()) if v == u) for u in uniq.tolist()]
+    assert first.tolist() == firsts + [len(groups)] * (len(groups) - len(uniq))   # empty slots: past the end
 
 
 # ---------------------------------------------------------------- (N+M)-tuple clusters

@@ -29,8 +29,8 @@ def pairwise_cos_penalty(centers: torch.Tensor, eps: float = 1e-8) -> torch.Tens
     """``sum_{j != k} (cos(c_j, c_k) + 1)`` over ordered pairs, vectorised (zero centres give cos 0)."""
     c = centers / centers.norm(dim=1, keepdim=True).clamp_min(eps)
     cos = c @ c.T
-    off = ~torch.eye(centers.shape[0], dtype=torch.bool, device=centers.device)
-    return (cos + 1.0)[off].sum()
+    diagonal = torch.eye(centers.shape[0], dtype=torch.bool, device=centers.device)
+    return (cos + 1.0).masked_fill(diagonal, 0.0).sum()   # a mask, not a selection: no host sync on CUDA
 
 
 class IslandLoss(CenterLoss):

@@ -23,10 +23,21 @@ def positive_negative_masks(labels: torch.Tensor, unordered: bool = False) -> tu
 
 
 def group_queries(groups: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(group index of each row, index of each group's first row)``; vectorised."""
-    uniq, inverse = torch.unique(groups, return_inverse=True)
-    idx = torch.arange(len(groups), device=groups.device)
-    first = torch.full((len(uniq),), len(groups), dtype=torch.long, device=groups.device)
+    """``(group index of each row, index of each group's first row)``; vectorised, no host sync.
+
+    Groups are indexed by the rank of their id (as ``torch.unique(groups, return_inverse=True)`` does).
+    How many groups there are is data, so the second tensor has one slot per row, ``B``, not one per
+    group: slots ``G..B-1`` belong to no group and hold ``B`` (a row index past the end). A shape that
+    depended on the data would make the host wait for the GPU to learn it, every step.
+    """
+    b = len(groups)
+    idx = torch.arange(b, device=groups.device)
+    order = torch.sort(groups, stable=True).indices
+    ranked = groups[order]
+    new = torch.ones_like(ranked, dtype=torch.bool)
+    new[1:] = ranked[1:] != ranked[:-1]                       # the first row of each id, in sorted order
+    inverse = torch.empty_like(idx).scatter_(0, order, new.long().cumsum(0) - 1)
+    first = torch.full((b,), b, dtype=torch.long, device=groups.device)
     first = first.scatter_reduce(0, inverse, idx, reduce="amin")
     return inverse, first
 
@@ -37,7 +48,9 @@ def cluster_masks(labels: torch.Tensor, groups: torch.Tensor | None = None) -> t
     ``groups=None``: one cluster per class present; positives = that class, negatives = every other
     labelled row. ``groups=(B,)`` tuple ids: one cluster per group; the first row of a group is the
     query, positives = the group's rows with the query's label (query included), negatives = the
-    group's rows with other labels (a group whose query is unlabelled has neither).
+    group's rows with other labels (a group whose query is unlabelled has neither). With groups, ``G``
+    is ``B``, the groups in the order of their ids followed by empty rows (see :func:`group_queries`);
+    the losses leave clusters without positives out of their reductions, so empty rows count nowhere.
     """
     valid = labels >= 0
     if groups is None:
@@ -50,7 +63,7 @@ def cluster_masks(labels: torch.Tensor, groups: torch.Tensor | None = None) -> t
                          f"got {tuple(groups.shape)}")
     inverse, first = group_queries(groups)
     member = inverse[None, :] == torch.arange(len(first), device=labels.device)[:, None]
-    qlab = labels[first]
+    qlab = labels[first.clamp_max(len(labels) - 1)]          # an empty slot has no member: any label will do
     pos = member & (labels[None, :] == qlab[:, None]) & (qlab[:, None] >= 0)
     neg = member & (labels[None, :] != qlab[:, None]) & valid[None, :] & (qlab[:, None] >= 0)
     return pos, neg

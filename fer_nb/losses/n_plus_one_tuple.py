@@ -35,7 +35,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from fer_nb.losses.common import check_batch, check_reduction, reduce_values, working_rows
+from fer_nb.losses.common import check_batch, check_reduction, reduce_clusters, reduce_values, working_rows
 from fer_nb.losses.distances import pairwise_distances
 from fer_nb.losses.masks import group_queries, positive_negative_masks, reference_anchor_pairs
 
@@ -63,22 +63,28 @@ class NPlusOneTupleLoss(nn.Module):
         return f"margin={self.margin}, power={self.power}, reduction={self.reduction!r}"
 
     @staticmethod
-    def tuples_from_groups(labels: torch.Tensor, groups: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(pairs, negative_mask) of the identity-aware layout: query first, x+ = next same-label row."""
+    def tuples_from_groups(labels: torch.Tensor, groups: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(pairs (B, 2), negative_mask (B, B), is_tuple (B,))`` of the identity-aware layout: query first,
+        x+ = the next row with the query's label.
+
+        One slot per row (see :func:`group_queries`): slot ``g`` is group ``g``'s tuple when ``is_tuple[g]``
+        (its query is labelled and has a positive); other slots hold a harmless pair and no negative, and
+        the loss leaves them out of its reduction. Selecting the tuples instead would give a tensor whose
+        length is data, and the host would wait for the GPU every step to learn it."""
         if groups.shape != labels.shape:
             raise ValueError(f"groups must have the shape of labels {tuple(labels.shape)}, got {tuple(groups.shape)}")
         inverse, first = group_queries(groups)
         b = len(labels)
         idx = torch.arange(b, device=labels.device)
-        member = inverse[None, :] == torch.arange(len(first), device=labels.device)[:, None]  # (G, B)
-        qlab = labels[first]
+        member = inverse[None, :] == torch.arange(len(first), device=labels.device)[:, None]  # (B slots, B)
+        query = first.clamp_max(b - 1)                       # an empty slot (first = b) has no member
+        qlab = labels[query]
         cand = member & (labels[None, :] == qlab[:, None]) & (idx[None, :] != first[:, None])
         # first candidate row of each group (index b when there is none)
         pos = torch.where(cand, idx[None, :], torch.full_like(idx[None, :], b)).amin(1)
         ok = (pos < b) & (qlab >= 0)
-        neg = member & (labels[None, :] != qlab[:, None]) & (labels[None, :] >= 0)
-        pairs = torch.stack([first, pos.clamp_max(b - 1)], 1)[ok]
-        return pairs, neg[ok]
+        neg = member & (labels[None, :] != qlab[:, None]) & (labels[None, :] >= 0) & ok[:, None]
+        return torch.stack([query, pos.clamp_max(b - 1)], 1), neg, ok
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor, groups: torch.Tensor | None = None,
                 pairs: torch.Tensor | None = None, negative_mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -86,10 +92,11 @@ class NPlusOneTupleLoss(nn.Module):
         b = len(labels)
         valid = labels >= 0
         explicit = pairs is not None   # user tuples: they must not use an ignored row
+        is_tuple = None                # with groups: which slots are tuples
         if groups is not None:
             if pairs is not None:
                 raise ValueError("NPlusOneTupleLoss: pass either groups or pairs, not both")
-            pairs, negative_mask = self.tuples_from_groups(labels, groups)
+            pairs, negative_mask, is_tuple = self.tuples_from_groups(labels, groups)
         elif pairs is None:
             pairs = positive_negative_masks(labels)[0].nonzero()
         elif pairs.ndim != 2 or pairs.shape[1] != 2:
@@ -102,13 +109,15 @@ class NPlusOneTupleLoss(nn.Module):
             raise ValueError("NPlusOneTupleLoss: pairs or negative_mask use a row labelled -1 (ignored); "
                              "drop it from the tuples or give the row a label")
         with torch.autocast(embeddings.device.type, enabled=False):
-            return self.compute(working_rows(embeddings, valid), labels, pairs, negative_mask)
+            return self.compute(working_rows(embeddings, valid), labels, pairs, negative_mask, is_tuple)
 
     def compute(self, x: torch.Tensor, labels: torch.Tensor, pairs: torch.Tensor,
-                negative_mask: torch.Tensor | None = None) -> torch.Tensor:
+                negative_mask: torch.Tensor | None = None, is_tuple: torch.Tensor | None = None) -> torch.Tensor:
         """Eq. 1, ``log(1 + sum_j exp(D(f, f+) + tau - D(f, f_j-)))`` per (query, positive) pair, reduced.
 
         ``negative_mask=None``: the negatives of a query are all labelled rows of another label.
+        ``is_tuple``: ``(P,)`` bool, the pairs that count (the others are left out of the reduction; with
+        ``reduction="none"`` only the counted ones are returned).
         """
         d = pairwise_distances(x, None, self.power)  # (B, B) once; each tuple indexes it
         d_qp = d[pairs[:, 0], pairs[:, 1]]
@@ -122,7 +131,8 @@ class NPlusOneTupleLoss(nn.Module):
         z = d_qp[:, None] + self.margin - d[pairs[:, 0]]                      # (P, B)
         z = z.masked_fill(~negative_mask, float("-inf"))
         z = torch.cat([torch.zeros_like(z[:, :1]), z], 1)  # log(1 + sum exp) = logsumexp([0, z])
-        return reduce_values(torch.logsumexp(z, 1), self.reduction)
+        per = torch.logsumexp(z, 1)
+        return reduce_values(per, self.reduction) if is_tuple is None else reduce_clusters(per, is_tuple, self.reduction)
 
 
 def reference_n_plus_one(x: torch.Tensor, labels: torch.Tensor, margin: float = 0.0, power: int = 2) -> torch.Tensor:

@@ -22,8 +22,6 @@ per-anchor values (0 for skipped rows). Rows labelled ``-1`` are neither anchors
 """
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 
