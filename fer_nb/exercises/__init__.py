@@ -93,7 +93,6 @@ def check_semi_hard_negative(fn: Callable) -> str:
 
 def _boundary_numeric(kind: str, margin: float, theta: float) -> float:
     """Where the package's margin logits of class 1 equal the logit of class 2 (bisection on phi)."""
-    w = torch.tensor([[1.0, 0.0], [math.cos(theta), math.sin(theta)]], dtype=torch.float64)
     lab = torch.tensor([0])
 
     def gap(phi: float) -> float:
