@@ -28,10 +28,12 @@ command says so, and ``--check`` afterwards reports the result against the files
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -168,8 +170,12 @@ def check(results: Path | None = None) -> list[tuple[str, str]]:
 
 def execute_notebook(notebook: str, scale: str, seeds: list[int], dataset: str, work: Path,
                      data_root: Path | None) -> None:
-    """Run one chapter recording (the ``--execute-notebook`` child process, in the worktree)."""
+    """Run one chapter recording (the ``--execute-notebook`` child process, in the worktree).
+
+    SIGTERM (the parent stopping) exits through papermill's clean-up, which shuts the kernel down."""
     from fer_nb.book import execute
+
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
     params = {"SCALE": scale, "SEEDS": seeds, "DEVICE": "cpu", "OUT_DIR": str(work / "run")}
     if dataset != "synthfacs":
@@ -210,6 +216,7 @@ def run_all(chosen: list[Recording], jobs: int, data_root: Path | None, keep: bo
     _git("worktree", "add", "--detach", str(tree), commit)
     env = {**os.environ, "PYTHONPATH": str(tree), "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
            "FER_NB_PLAIN_PROGRESS": "1", "PYTHONHASHSEED": "0"}
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))   # run the cleanup below on `kill`
     queue = sorted(chosen, key=lambda r: -r.last_seconds)
     running: dict[str, tuple[subprocess.Popen, Recording, Path, float]] = {}
     failed: list[str] = []
@@ -222,7 +229,7 @@ def run_all(chosen: list[Recording], jobs: int, data_root: Path | None, keep: bo
                 work.mkdir(parents=True)
                 log = open(work / "log.txt", "w")
                 proc = subprocess.Popen(rec.command(work, data_root), cwd=tree, env=env, stdout=log,
-                                        stderr=subprocess.STDOUT)
+                                        stderr=subprocess.STDOUT, start_new_session=True)
                 running[rec.name] = (proc, rec, work, time.perf_counter())
                 est = f"last time {rec.last_seconds / 60:.0f} min" if rec.last_seconds else "no earlier time"
                 print(f"[record] {dt.datetime.now():%H:%M:%S} start {rec.name} ({est}); log {work / 'log.txt'}",
@@ -243,9 +250,13 @@ def run_all(chosen: list[Recording], jobs: int, data_root: Path | None, keep: bo
                     tail = (work / "log.txt").read_text().strip().splitlines()[-15:]
                     print(f"[record] FAILED {name} ({exc}); end of {work / 'log.txt'}:\n  " + "\n  ".join(tail),
                           flush=True)
-    finally:
+    finally:   # also on Ctrl-C and on SIGTERM: a stopped job must not leave kernels training
+        for proc, *_ in running.values():   # each child shuts its kernel down on SIGTERM (execute_notebook)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
         for proc, *_ in running.values():
-            proc.terminate()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=30)
         subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tree)], capture_output=True)
         if not keep and not failed:
             shutil.rmtree(base, ignore_errors=True)
@@ -265,6 +276,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data-root", type=Path, default=None, help="real datasets, for recordings on them")
     ap.add_argument("--dry-run", action="store_true", help="say what would run, run nothing")
     ap.add_argument("--keep", action="store_true", help="keep the executed notebooks and logs")
+    ap.add_argument("--results", type=Path, default=RESULTS, help="the results folder (default: results/)")
     for hidden in ("--execute-notebook", "--scale", "--seeds", "--dataset"):
         ap.add_argument(hidden, help=argparse.SUPPRESS)
     ap.add_argument("--work", type=Path, help=argparse.SUPPRESS)
@@ -274,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
         execute_notebook(args.execute_notebook, args.scale, [int(s) for s in args.seeds.split(",")], args.dataset,
                          args.work, args.data_root)
         return 0
-    every = recordings()
+    every = recordings(args.results)
     if args.check:
         stale = {r.name: r.staleness() for r in every}
         for r in every:

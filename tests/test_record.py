@@ -3,7 +3,10 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
 import subprocess
+import sys
+import time
 
 import pytest
 
@@ -69,23 +72,70 @@ def test_real_data_recordings_need_a_data_root(tmp_path, capsys):
         record.main(["--only", "margin_mix/small-ferplus.json", "--dry-run", "--data-root", str(tmp_path / "none")])
 
 
-@pytest.mark.notebook
-def test_record_runs_a_chapter_from_a_worktree_of_head(tmp_path):
-    """End to end: a smoke "recording" of the toolkit tour, made in a worktree of HEAD, copied into results."""
+def _needs_git():
     if shutil.which("git") is None or subprocess.run(["git", "-C", str(record.ROOT), "rev-parse", "HEAD"],
                                                      capture_output=True).returncode:
         pytest.skip("needs the book as a git checkout")
+
+
+def _smoke_recording(tmp_path):
+    """A results folder with one stale "recording" of the toolkit tour at smoke (about half a minute)."""
     results = tmp_path / "results"
     (results / "toolkit_tour").mkdir(parents=True)
     fake = {"provenance": {"notebook": "toolkit_tour", "scale": "smoke", "dataset": "synthfacs", "seeds": [0],
                            "code": {"code": "stale"}}, "config": {}, "tables": {}}
     (results / "toolkit_tour" / "smoke-synthfacs.json").write_text(json.dumps(fake))
+    return results
+
+
+def worktrees():
+    return set(subprocess.run(["git", "-C", str(record.ROOT), "worktree", "list", "--porcelain"],
+                              capture_output=True, text=True).stdout.splitlines())
+
+
+@pytest.mark.notebook
+def test_record_runs_a_chapter_from_a_worktree_of_head(tmp_path):
+    """End to end: a smoke "recording" of the toolkit tour, made in a worktree of HEAD, copied into results."""
+    _needs_git()
+    results = _smoke_recording(tmp_path)
     [rec] = record.recordings(results)
     assert rec.staleness() is not None
+    before = worktrees()
     assert record.run_all([rec], jobs=1, data_root=None) == []
     made = json.loads((results / "toolkit_tour" / "smoke-synthfacs.json").read_text())
     head = subprocess.run(["git", "-C", str(record.ROOT), "rev-parse", "HEAD"], capture_output=True, text=True).stdout
     assert made["provenance"]["commit"].startswith(head.strip()) and made["recording"]["commit"] == head.strip()
     assert made["recording"]["seconds"] > 0 and made["provenance"]["scale"] == "smoke" and "tables" in made
-    assert subprocess.run(["git", "-C", str(record.ROOT), "worktree", "list"], capture_output=True,
-                          text=True).stdout.count("fer_nb_record_") == 0
+    assert worktrees() == before                      # its worktree is gone again
+
+
+@pytest.mark.notebook
+def test_a_stopped_record_leaves_no_kernel_and_no_worktree(tmp_path):
+    """``kill`` of ``make record`` stops the recordings it started (their kernels too) and removes its worktree."""
+    _needs_git()
+    results = _smoke_recording(tmp_path)
+    before = worktrees()
+    proc = subprocess.Popen([sys.executable, "-m", "fer_nb.record", "--results", str(results), "--jobs", "1"],
+                            cwd=record.ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    for line in proc.stdout:
+        if " start " in line:
+            work = line.rsplit("log ", 1)[1].strip().rsplit("/", 1)[0]
+            break
+    def recording():   # the child interpreter that runs the chapter, and the kernel it started
+        child = subprocess.run(["pgrep", "-f", work], capture_output=True, text=True).stdout.split()
+        return child + (subprocess.run(["pgrep", "-P", child[0]], capture_output=True, text=True).stdout.split()
+                        if child else [])
+
+    deadline = time.time() + 60
+    while len(recording()) < 2 and time.time() < deadline:   # wait until the child has started its kernel
+        time.sleep(0.2)
+    running = recording()
+    assert len(running) >= 2, running
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 143
+    time.sleep(2)
+    left = [pid for pid in running if subprocess.run(["kill", "-0", pid], capture_output=True).returncode == 0]
+    assert left == [], f"processes of the stopped recording still running: {left}"
+    assert worktrees() == before
+    assert json.loads((results / "toolkit_tour" / "smoke-synthfacs.json").read_text())["provenance"]["code"] == {
+        "code": "stale"}                             # nothing half-written

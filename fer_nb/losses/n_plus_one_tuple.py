@@ -127,11 +127,11 @@ class NPlusOneTupleLoss(nn.Module):
             other = positive_negative_masks(labels)[1]                       # row q: the negatives of q
             lse = torch.logsumexp((-d).masked_fill(~other, float("-inf")), 1)   # (B,), -inf: no negative
             per = torch.logaddexp(torch.zeros_like(d_qp), d_qp + self.margin + lse[pairs[:, 0]])
-            return reduce_values(per, self.reduction)
-        z = d_qp[:, None] + self.margin - d[pairs[:, 0]]                      # (P, B)
-        z = z.masked_fill(~negative_mask, float("-inf"))
-        z = torch.cat([torch.zeros_like(z[:, :1]), z], 1)  # log(1 + sum exp) = logsumexp([0, z])
-        per = torch.logsumexp(z, 1)
+        else:
+            z = d_qp[:, None] + self.margin - d[pairs[:, 0]]                  # (P, B)
+            z = z.masked_fill(~negative_mask, float("-inf"))
+            z = torch.cat([torch.zeros_like(z[:, :1]), z], 1)  # log(1 + sum exp) = logsumexp([0, z])
+            per = torch.logsumexp(z, 1)
         return reduce_values(per, self.reduction) if is_tuple is None else reduce_clusters(per, is_tuple, self.reduction)
 
 
