@@ -153,10 +153,11 @@ def clean_outputs(nb) -> dict:
     return counts
 
 
-def execute(src: Path, dst_dir: Path, parameters: dict, cwd: Path = ROOT) -> Path:
+def execute(src: Path, dst_dir: Path, parameters: dict, cwd: Path = ROOT, log_output: bool = False) -> Path:
     """jupytext ``src`` -> ipynb, execute with papermill into ``dst_dir``; raise on failure.
 
-    The executed notebook is cleaned for the book (:func:`clean_outputs`).
+    The executed notebook is cleaned for the book (:func:`clean_outputs`). ``log_output``: stream the
+    cells' output (progress bars included) to this process's log as they run.
     """
     import jupytext
     import nbformat
@@ -170,7 +171,7 @@ def execute(src: Path, dst_dir: Path, parameters: dict, cwd: Path = ROOT) -> Pat
     jupytext.write(nb, raw, fmt="ipynb")
     try:
         papermill.execute_notebook(str(raw), str(out), parameters=parameters, kernel_name="python3",
-                                   cwd=str(cwd), progress_bar=False, log_output=False,
+                                   cwd=str(cwd), progress_bar=False, log_output=log_output,
                                    kernel_manager_class=_quiet_kernel_manager())
     finally:
         raw.unlink(missing_ok=True)

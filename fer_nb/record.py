@@ -183,7 +183,7 @@ def execute_notebook(notebook: str, scale: str, seeds: list[int], dataset: str, 
     sources = sorted((ROOT / "notebooks").glob(f"[0-9][0-9]_{notebook}.md"))
     if len(sources) != 1:
         raise FileNotFoundError(f"no single notebooks/NN_{notebook}.md in {ROOT}")
-    execute(sources[0], work, params)
+    execute(sources[0], work, params, log_output=True)   # the cells' output and progress go to log.txt
 
 
 def _git(*args: str) -> str:
@@ -232,6 +232,7 @@ def run_all(chosen: list[Recording], jobs: int, data_root: Path | None, keep: bo
                                         stderr=subprocess.STDOUT, start_new_session=True)
                 running[rec.name] = (proc, rec, work, time.perf_counter())
                 est = f"last time {rec.last_seconds / 60:.0f} min" if rec.last_seconds else "no earlier time"
+                # its progress: tail -f the log (the chapter's cells print there as they run)
                 print(f"[record] {dt.datetime.now():%H:%M:%S} start {rec.name} ({est}); log {work / 'log.txt'}",
                       flush=True)
             time.sleep(2.0)
