@@ -31,6 +31,7 @@ import argparse
 import contextlib
 import datetime as dt
 import json
+import logging
 import os
 import shutil
 import signal
@@ -176,6 +177,7 @@ def execute_notebook(notebook: str, scale: str, seeds: list[int], dataset: str, 
     from fer_nb.book import execute
 
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    logging.basicConfig(level=logging.INFO, format="%(message)s")   # papermill logs the cells' output at INFO
 
     params = {"SCALE": scale, "SEEDS": seeds, "DEVICE": "cpu", "OUT_DIR": str(work / "run")}
     if dataset != "synthfacs":
