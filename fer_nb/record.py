@@ -42,9 +42,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fer_nb.fingerprint import code_fingerprint
+from fer_nb.fingerprint import ROOT, code_fingerprint, notebook_source
 
-ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "results"
 REAL_DATASETS_HINT = ("DATA_ROOT holds the real datasets in their published layout (FER+: "
                       "DATA_ROOT/ferplus/FER2013{Train,Valid,Test}/; the Datasets chapter gives every layout and "
@@ -182,10 +181,10 @@ def execute_notebook(notebook: str, scale: str, seeds: list[int], dataset: str, 
     params = {"SCALE": scale, "SEEDS": seeds, "DEVICE": "cpu", "OUT_DIR": str(work / "run")}
     if dataset != "synthfacs":
         params.update(DATASET=dataset, DATA_ROOT=str(data_root))
-    sources = sorted((ROOT / "notebooks").glob(f"[0-9][0-9]_{notebook}.md"))
-    if len(sources) != 1:
-        raise FileNotFoundError(f"no single notebooks/NN_{notebook}.md in {ROOT}")
-    execute(sources[0], work, params, log_output=True)   # the cells' output and progress go to log.txt
+    source = notebook_source(notebook)
+    if source is None:
+        raise FileNotFoundError(f"no notebooks/NN_{notebook}.md in {ROOT}")
+    execute(source, work, params, log_output=True)   # the cells' output and progress go to log.txt
 
 
 def _git(*args: str) -> str:
@@ -229,9 +228,9 @@ def run_all(chosen: list[Recording], jobs: int, data_root: Path | None, keep: bo
                 rec = queue.pop(0)
                 work = base / rec.name.replace("/", "__").removesuffix(".json")
                 work.mkdir(parents=True)
-                log = open(work / "log.txt", "w")
-                proc = subprocess.Popen(rec.command(work, data_root), cwd=tree, env=env, stdout=log,
-                                        stderr=subprocess.STDOUT, start_new_session=True)
+                with open(work / "log.txt", "w") as log:   # the child keeps its own copy of the descriptor
+                    proc = subprocess.Popen(rec.command(work, data_root), cwd=tree, env=env, stdout=log,
+                                            stderr=subprocess.STDOUT, start_new_session=True)
                 running[rec.name] = (proc, rec, work, time.perf_counter())
                 est = f"last time {rec.last_seconds / 60:.0f} min" if rec.last_seconds else "no earlier time"
                 # its progress: tail -f the log (the chapter's cells print there as they run)
@@ -290,8 +289,8 @@ def main(argv: list[str] | None = None) -> int:
                          args.work, args.data_root)
         return 0
     every = recordings(args.results)
+    stale = {r.name: r.staleness() for r in every}   # one fingerprint per recording, used below
     if args.check:
-        stale = {r.name: r.staleness() for r in every}
         for r in every:
             print(f"{'STALE  ' if stale[r.name] else 'current'} results/{r.name}"
                   + (f": {stale[r.name]}" if stale[r.name] else ""))
@@ -304,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"no recording named {', '.join(unknown)}; known: {', '.join(r.name for r in every)}")
         chosen = [r for r in every if any(r.name == n or r.name.startswith(n + "/") for n in args.only)]
     else:
-        chosen = every if args.all else [r for r in every if r.staleness() is not None]
+        chosen = every if args.all else [r for r in every if stale[r.name]]
     if not chosen:
         print("[record] every recording is current; nothing to do (--all re-records them anyway)")
         return 0
@@ -316,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"[record] {len(chosen)} recording(s), {args.jobs} at a time; their last recordings took "
           f"{total / 60:.0f} CPU-min in all:")
     for r in sorted(chosen, key=lambda r: -r.last_seconds):
-        print(f"  results/{r.name}  ({r.last_seconds / 60:.0f} min)" + (f"  [{r.staleness()}]" if r.staleness() else ""))
+        print(f"  results/{r.name}  ({r.last_seconds / 60:.0f} min)" + (f"  [{stale[r.name]}]" if stale[r.name] else ""))
     if args.dry_run:
         return 0
     failed = run_all(chosen, max(1, args.jobs), args.data_root, args.keep)
