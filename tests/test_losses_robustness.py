@@ -120,7 +120,7 @@ def test_non_finite_labelled_row_is_rejected_before_the_centroid_update(cls):
     before = loss.centers.clone()
     x_bad = x.clone()
     x_bad[5, 1] = float("nan")
-    with pytest.raises(FloatingPointError, match=rf"{cls.__name__}: non-finite embeddings in labelled rows \[5\]"):
+    with pytest.raises(FloatingPointError, match=rf"{cls.__name__}: non-finite embeddings in labelled rows; rows \[5\]"):
         loss(x_bad, y)
     assert torch.equal(loss.centers, before)     # untouched: training can go on after the caller's fix
     y_ignored = y.clone()
@@ -209,9 +209,9 @@ BAD_INPUTS = [
     ("Center alpha 2", lambda: CenterLoss(3, 4, alpha=2.0), ValueError, r"CenterLoss: alpha \(centroid learning rate\) must be in \[0, 1\]"),
     ("Center update 'adam'", lambda: CenterLoss(3, 4, update="adam"), ValueError, r"CenterLoss: update must be one of"),
     ("Center NaN in a labelled row (train)", lambda: CenterLoss(3, 4).train()(torch.full((6, 4), float("nan")), torch.zeros(6, dtype=torch.long)),
-     FloatingPointError, r"CenterLoss: non-finite embeddings in labelled rows \[0, 1, 2, 3, 4, 5\]"),
+     FloatingPointError, r"CenterLoss: non-finite embeddings in labelled rows; rows \[0, 1, 2, 3, 4, 5\]"),
     ("LargeMargin NaN in a labelled row (train)", lambda: LargeMarginLoss(3, 4).train()(torch.tensor([[float("nan")] * 4] + [[1.0] * 4] * 5), torch.zeros(6, dtype=torch.long)),
-     FloatingPointError, r"LargeMarginLoss: non-finite embeddings in labelled rows \[0\]"),
+     FloatingPointError, r"LargeMarginLoss: non-finite embeddings in labelled rows; rows \[0\]"),
     ("LargeMargin one class", lambda: LargeMarginLoss(1, 4), ValueError, r"LargeMarginLoss needs num_classes >= 2"),
     ("LargeMargin pseudo_labels 5 of 3", lambda: LargeMarginLoss(3, 4)(_x(), torch.full((6,), -1), pseudo_labels=torch.full((6,), 5)),
      ValueError, r"LargeMarginLoss \(pseudo_labels\): labels must lie in \[-1, 2\]"),

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from fer_nb.losses.common import check_reduction
+from fer_nb.losses.device_checks import require
 
 UPDATES = ("moving", "sgd")
 
@@ -43,21 +44,25 @@ def moving_centroid_update(centers: torch.Tensor, seen: torch.Tensor, embeddings
 
     A NaN/inf in a labelled row would poison ``centers`` for the rest of training (every later
     loss would be NaN), so such a batch raises a ``FloatingPointError`` *before* anything is
-    changed; rows labelled ``-1`` are not used and may hold anything.
+    changed (on CUDA a device-side assertion, which stops the program at its next synchronisation:
+    :mod:`fer_nb.losses.device_checks`); rows labelled ``-1`` are not used and may hold anything.
     """
+    # Masks rather than a selection of the labelled rows: a selection's length is data, and reading it
+    # would make the host wait for the GPU every step. Unlabelled rows add an exact 0 to class 0's sum.
     valid = labels >= 0
-    x = embeddings.detach()[valid].to(centers.dtype)
-    y = labels[valid]
-    if not bool(torch.isfinite(x).all()):
-        bad = valid.nonzero().flatten()[~torch.isfinite(x).all(1)].tolist()
-        raise FloatingPointError(
-            f"{name}: non-finite embeddings in labelled rows {bad[:8]}; the centroid update would poison the "
-            f"centers buffer, so it was skipped and the centres are unchanged. Find the NaN upstream (lower "
-            f"the learning rate, clip gradients, check the inputs) or label those rows -1")
+    x = embeddings.detach().to(centers.dtype)
+    finite = torch.isfinite(x).all(1) | ~valid
+    require(finite.all(), f"{name}: non-finite embeddings in labelled rows",
+            lambda: f"rows {(~finite).nonzero().flatten().tolist()[:8]}; the centroid update would poison the "
+                    f"centers buffer, so it was skipped and the centres are unchanged. Find the NaN upstream (lower "
+                    f"the learning rate, clip gradients, check the inputs) or label those rows -1",
+            error=FloatingPointError)
+    x = torch.where(valid[:, None], x, torch.zeros((), dtype=x.dtype, device=x.device))
+    y = labels.clamp_min(0)
     num_classes = centers.shape[0]
     sums = torch.zeros_like(centers).index_add_(0, y, x)
     counts = torch.zeros(num_classes, dtype=centers.dtype, device=centers.device).index_add_(
-        0, y, torch.ones_like(y, dtype=centers.dtype))
+        0, y, valid.to(centers.dtype))
     present = counts > 0
     delta = (counts[:, None] * centers - sums) / (1.0 + counts[:, None])
     if extra_delta is not None:

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import torch
 
+from fer_nb.losses.device_checks import require
+
 REDUCTIONS = ("mean", "sum", "none")
 
 
@@ -61,12 +63,10 @@ def check_batch(embeddings: torch.Tensor, labels: torch.Tensor, name: str, *, nu
         raise TypeError(f"{name}: labels must be integer class ids (use labels.long()), got {labels.dtype}")
     if not labels.numel():
         return
-    low = bool((labels < -1).any())
-    high = num_classes is not None and bool((labels >= num_classes).any())
-    if low or high:
-        span = f"[-1, {num_classes - 1}]" if num_classes is not None else ">= -1"
-        raise ValueError(f"{name}: labels must lie in {span} (-1 = unlabelled, ignored); got "
-                         f"min {int(labels.min())}, max {int(labels.max())}")
+    in_range = labels >= -1 if num_classes is None else (labels >= -1) & (labels < num_classes)
+    span = f"[-1, {num_classes - 1}]" if num_classes is not None else ">= -1"
+    require(in_range.all(), f"{name}: labels must lie in {span} (-1 = unlabelled, ignored)",   # no host sync on CUDA
+            lambda: f"got min {int(labels.min())}, max {int(labels.max())}")
 
 
 def check_inputs(embeddings: torch.Tensor, labels: torch.Tensor, num_classes: int, embedding_dim: int,

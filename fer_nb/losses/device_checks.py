@@ -15,19 +15,22 @@ from typing import Callable
 import torch
 
 
-def require(ok: torch.Tensor, rule: str, details: Callable[[], str] | None = None) -> None:
+def require(ok: torch.Tensor, rule: str, details: Callable[[], str] | None = None, *,
+            error: type[Exception] = ValueError) -> None:
     """Fail when the 0-d boolean tensor ``ok`` is False.
 
     Args:
         ok: the condition, e.g. ``((labels >= -1) & (labels < C)).all()``.
         rule: what must hold and how to fix it (the whole message on CUDA).
-        details: off CUDA, a function returning what was found instead (it may read values).
+        details: off CUDA, a function returning what was found instead (it may read values); the
+            message is ``rule; details``.
+        error: the exception raised off CUDA (on CUDA the assertion is CUDA's own error).
     """
     if ok.device.type == "cuda":
         torch._assert_async(ok, rule)
         return
     if not bool(ok):
-        raise ValueError(rule + (f"; {details()}" if details is not None else ""))
+        raise error(rule + (f"; {details()}" if details is not None else ""))
 
 
 __all__ = ["require"]
