@@ -16,7 +16,8 @@ The chapters choose with the preset key ``compile_network``:
   reader's machine: the error names this fix).
 
 A compiled network computes what the eager one does up to float rounding (fused kernels sum in
-another order): ``tests/test_compiled_steps.py`` checks three chapter steps against eager on the CPU.
+another order): ``tests/test_compiled_steps.py`` checks three steps of each compiled chapter (Margin-Mix, (N+M)) against
+eager on the CPU.
 The compiled module shares the eager one's parameters and buffers, so checkpoints, the EMA copy and
 evaluation keep using the eager module.
 """

@@ -248,18 +248,19 @@ def _code_of(obj: Any) -> dict | None:
     return dict(code) if isinstance(code, Mapping) else None
 
 
-def staleness(recorded: Mapping | None, cfg: Any) -> str | None:
+def staleness(recorded: Mapping | None, cfg: Any, extra_sources: Iterable[str | Path] = ()) -> str | None:
     """Why ``recorded`` (a loaded ``metrics.json``) was not made by ``cfg``'s code, or ``None`` if it was.
 
     ``cfg`` is a :class:`~fer_nb.config.Config` or a notebook key such as ``"nm_tuple"`` (for pages
-    without a configuration, e.g. the scoreboard: the chapter's current code is fingerprinted).
+    without a configuration, e.g. the scoreboard: the chapter's current code is fingerprinted, with
+    ``extra_sources`` such as a benchmark script, as :func:`code_fingerprint` takes them).
 
     A recorded result without a fingerprint (written before fingerprints existed) is stale: it
     was made by earlier code that can no longer be identified.
     """
     if recorded is None:
         return None
-    current = code_fingerprint(cfg) if isinstance(cfg, str) else _code_of(cfg)
+    current = code_fingerprint(cfg, extra_sources) if isinstance(cfg, str) else _code_of(cfg)
     if current is None:
         raise TypeError(f"cfg must be a Config from fer_nb.config.resolve (with .code) or a notebook key, "
                         f"got {type(cfg).__name__}")

@@ -42,7 +42,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fer_nb.fingerprint import ROOT, code_fingerprint, notebook_source
+from fer_nb.fingerprint import ROOT, notebook_source, staleness
 
 RESULTS = ROOT / "results"
 REAL_DATASETS_HINT = ("DATA_ROOT holds the real datasets in their published layout (FER+: "
@@ -99,17 +99,7 @@ class Recording:
 
     def staleness(self) -> str | None:
         """Why this file was not made by the checkout's code, or ``None`` when it was."""
-        theirs = (self.recorded.get("provenance") or {}).get("code")
-        if not isinstance(theirs, dict) or not theirs.get("code"):
-            return "no code fingerprint (recorded before fingerprints existed)"
-        current = code_fingerprint(self.notebook, self.extra_sources)
-        if theirs["code"] == current["code"]:
-            return None
-        changed = [part for part in ("package", "notebook") if theirs.get(part) != current.get(part)]
-        what = {"package": "fer_nb modules it imports", "notebook": "chapter code cells or script"}
-        return (f"{' and '.join(what[c] for c in changed) or 'code'} changed since it was recorded "
-                f"(fingerprint {theirs['code']} vs {current['code']}; commit "
-                f"{str(self.recorded['provenance'].get('commit', 'unknown'))[:12]})")
+        return staleness(self.recorded, self.notebook, self.extra_sources)
 
     def command(self, work: Path, data_root: Path | None) -> list[str]:
         """The process that makes this recording, writing into ``work``."""

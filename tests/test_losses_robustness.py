@@ -815,13 +815,13 @@ def test_npair_checks_given_pairs():
         NPairLoss()(x, torch.arange(4), pairs=torch.tensor([[0, 1], [2, 3]]))   # anchor 0 and positive 1 differ
 
 
-def test_check_pair_inputs_names_the_loss():
-    from fer_nb.losses.contrastive import check_pair_inputs
+def test_check_batch_names_the_loss():
+    from fer_nb.losses.common import check_batch
 
     with pytest.raises(ValueError, match=r"^PairLoss: labels must be"):
-        check_pair_inputs(torch.randn(3, 2), torch.zeros(2, dtype=torch.long), "PairLoss")
+        check_batch(torch.randn(3, 2), torch.zeros(2, dtype=torch.long), "PairLoss")
     with pytest.raises(ValueError, match=r"^PairLoss: embeddings must be"):
-        check_pair_inputs(torch.randn(3), torch.zeros(3, dtype=torch.long), "PairLoss")
+        check_batch(torch.randn(3), torch.zeros(3, dtype=torch.long), "PairLoss")
 
 
 def test_triplet_error_for_unlabelled_rows_in_given_triplets():

@@ -61,7 +61,7 @@ def test_check_names_a_recording_made_by_other_code(tmp_path):
 
 def test_a_recording_without_fingerprint_or_recipe_is_refused(tmp_path):
     results = _fake_results(tmp_path, None)
-    assert "no code fingerprint" in record.check(results)[0][1]
+    assert "without a code fingerprint" in record.check(results)[0][1]
     (tmp_path / "caf" / "other.json").write_text(json.dumps({"config": {}, "provenance": {"notebook": "caf"}}))
     with pytest.raises(ValueError, match="no recipe"):
         record.recordings(results)

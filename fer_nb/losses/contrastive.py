@@ -48,11 +48,6 @@ from fer_nb.losses.masks import positive_negative_masks
 REDUCTIONS = ("mean_nonzero", *_BASE_REDUCTIONS)   # the shared three + pytorch-metric-learning's default
 
 
-def check_pair_inputs(embeddings: torch.Tensor, labels: torch.Tensor, name: str) -> None:
-    """Shape/type checks for pair-based losses (errors name the fix); see :func:`common.check_batch`."""
-    check_batch(embeddings, labels, name)
-
-
 class ContrastiveLoss(nn.Module):
     """Contrastive loss of Hadsell et al. (2006, Eq. 4), in the pos/neg-margin form of the libraries.
 
@@ -154,4 +149,4 @@ def reference_contrastive(x: torch.Tensor, labels: torch.Tensor, neg_margin: flo
     return pos.sum() / max(len(pos), 1) + neg.sum() / max(len(neg), 1)
 
 
-__all__ = ["ContrastiveLoss", "REDUCTIONS", "check_pair_inputs", "pairwise_sq_distances", "reference_contrastive"]
+__all__ = ["ContrastiveLoss", "REDUCTIONS", "pairwise_sq_distances", "reference_contrastive"]
