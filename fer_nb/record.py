@@ -91,8 +91,9 @@ class Recording:
     def last_seconds(self) -> float:
         """How long the last recording took (0 when unknown)."""
         rec = self.recorded
-        for value in ((rec.get("recording") or {}).get("seconds"), rec.get("seconds"),
-                      (rec.get("summary") or {}).get("seconds")):
+        summary = rec.get("summary") or {}
+        for value in ((rec.get("recording") or {}).get("seconds"), rec.get("seconds"), summary.get("seconds"),
+                      summary.get("wall_seconds")):
             if isinstance(value, (int, float)):
                 return float(value)
         return 0.0
