@@ -5,6 +5,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 SCALE ?= smoke
 DEVICE ?= auto
+# the installed stack takes 6.4 GB here (torch's CUDA build); pip needs room to unpack it as well
+VENV_MIN_FREE_GB ?= 8
 STAMP := $(VENV)/.installed-$(shell cat requirements.txt pyproject.toml | sha1sum | cut -c1-12)
 export FER_NB_PLAIN_PROGRESS ?= 1
 export PYTHONHASHSEED := 0
@@ -13,6 +15,10 @@ export PYTHONHASHSEED := 0
 
 venv: $(STAMP)
 $(STAMP): requirements.txt pyproject.toml
+	@free_kb=$$(df -Pk . | awk 'NR==2 {print $$4}'); if ! $(PY) -c "import torch" 2>/dev/null && [ "$$free_kb" -lt $$(( $(VENV_MIN_FREE_GB) * 1048576 )) ]; then \
+	  echo "make: setting up $(VENV) needs about $(VENV_MIN_FREE_GB) GB free (the pinned stack is 6.4 GB, torch's CUDA build)," \
+	       "but only $$(( free_kb / 1048576 )) GB is free on $$(df -P . | awk 'NR==2 {print $$6}'): free some space" \
+	       "(old clones, virtual environments, /tmp) and run make again" >&2; exit 1; fi
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@echo "installing the pinned stack into $(VENV) (first time: a few minutes)"
 	@$(PY) -m pip install --disable-pip-version-check -q -r requirements.txt 2>&1 | grep -v "^WARNING: Location" || true

@@ -38,6 +38,13 @@ def test_every_recording_has_a_recipe():
     assert "--data-root" not in found["caf/small-synthfacs.json"].command(record.ROOT / "w", None)
 
 
+def test_longest_recordings_are_scheduled_first_by_their_stored_time():
+    found = {r.name: r for r in record.recordings()}
+    udat = found["udat_as/small-synthfacs.json"]   # keeps its time as summary.wall_seconds, or recording.seconds
+    assert udat.last_seconds > 600
+    assert found["margin_mix/small-synthfacs.json"].last_seconds > found["loss_geometry/small-synthfacs.json"].last_seconds
+
+
 def _fake_results(tmp_path, code: str | None):
     """A results folder holding one copy of the recorded CAF run, its fingerprint replaced by ``code``."""
     rec = json.loads((record.RESULTS / "caf" / "small-synthfacs.json").read_text())
