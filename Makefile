@@ -11,7 +11,7 @@ STAMP := $(VENV)/.installed-$(shell cat requirements.txt pyproject.toml | sha1su
 export FER_NB_PLAIN_PROGRESS ?= 1
 export PYTHONHASHSEED := 0
 
-.PHONY: venv book test test-fast lab bench gpu-check record clean
+.PHONY: venv book test test-fast lab bench gpu-check device-wheels record clean
 
 venv: $(STAMP)
 $(STAMP): requirements.txt pyproject.toml
@@ -52,6 +52,17 @@ bench: venv
 ## make gpu-check: on a machine with a CUDA GPU, every notebook at smoke on CUDA, make bench, then every notebook at gpu scale
 gpu-check: venv
 	$(PY) -m fer_nb.gpu_check --scales smoke gpu
+
+## make device-wheels [DEVICE_PYTHON=3.12]: for a GPU machine without internet that has its own torch, the wheels
+## of benchmarks/device_wheels.txt into .whl/; copy .whl/ there and run `bash benchmarks/gpu_session.sh`
+DEVICE_PYTHON ?= 3.12
+device-wheels: venv
+	@$(PY) -m pip download --disable-pip-version-check -q --no-deps --only-binary=:all: --python-version $(DEVICE_PYTHON) \
+	  --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform any \
+	  -d .whl -r benchmarks/device_wheels.txt 2>&1 | grep -v "^WARNING: Location" || true
+	@want=$$(grep -c '^[^#]' benchmarks/device_wheels.txt); got=$$(ls .whl/*.whl 2>/dev/null | wc -l); \
+	  if [ "$$got" -lt "$$want" ]; then echo "make device-wheels: $$got of $$want wheels in .whl/ (pip's message above says why)" >&2; exit 1; fi; \
+	  echo "$$got wheels in .whl/ ($$(du -sh .whl | cut -f1)): copy .whl/ to the GPU machine and run 'bash benchmarks/gpu_session.sh' there"
 
 ## make record [DATA_ROOT=...] [JOBS=2] [ARGS=--all|--check|--only NAME]: re-run the recorded runs under
 ## results/ that the code no longer matches (a worktree of HEAD, one CPU thread per job, longest first)
