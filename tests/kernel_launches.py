@@ -86,6 +86,7 @@ class LaunchCounter(TorchDispatchMode):
         self.graph = 0                  # ops inside watched networks (forward and backward)
         self.replays = 0                # graph replays + input copies of the watched networks' calls
         self.graph_nodes: set = set()   # autograd nodes of the watched networks' forward graphs
+        self._stops: set = set()        # grad_fn of the current network call's inputs: its graph ends there
         self._inside = 0                # > 0 while a watched network's forward runs
         self.flops = 0                  # matmul / convolution FLOPs of the step (count_step fills it)
 
