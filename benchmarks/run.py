@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import json
 import re
 import time
 from pathlib import Path
@@ -108,6 +109,31 @@ def bench_steps(device: torch.device, quick: bool, only: list[str] | None, compi
     return rows
 
 
+#: GPU kernel launches per step of each paper's steps, counted on fake CUDA (tests/kernel_launches.py)
+LAUNCHES = Path(__file__).parent / "kernel_launches.json"
+
+
+def add_time_per_launch(rows: list[dict], launches_file: Path = LAUNCHES) -> None:
+    """Add ``<kind>_us_per_launch`` (measured time per step / the step's counted kernel launches) to each row.
+
+    A step bound by launching kernels takes about the same time per launch whichever step it is (tens of
+    microseconds: Python, the dispatcher and the driver), a compute-bound one much more; so on a GPU these
+    columns say which steps wait on the host and what fewer launches would give. The counts do not depend on
+    the batch, and they are the CUDA path's (fused optimizers, bf16 casts): on a CPU, where every step waits on
+    its arithmetic, the columns say little. A paper missing from the file gets no column."""
+    if not launches_file.exists():
+        return
+    counts = json.loads(launches_file.read_text())["steps"]
+    for row in rows:
+        entry = counts.get(row["paper"])
+        if entry is None:
+            continue
+        for kind, counted in (("fast", "fast"), ("chapter", "chapter"), ("chapter_compiled", "chapter_compiled")):
+            if f"{kind}_ms_per_step" in row and counted in entry:
+                row[f"{kind}_launches"] = entry[counted]["launches"]
+                row[f"{kind}_us_per_launch"] = 1e3 * row[f"{kind}_ms_per_step"] / entry[counted]["launches"]
+
+
 def bench_data(device: torch.device, steps: list[dict]) -> list[dict]:
     """Images/s the data pipeline supplies vs what each step consumes (fast path)."""
     from fer_nb.data import synthfacs
@@ -159,6 +185,12 @@ def main(argv=None) -> int:
     print("[bench] training steps (plain fp32 eager reference vs fer_nb fast path)", flush=True)
     compile_steps = device.type == "cuda" if args.compile is None else args.compile
     steps = bench_steps(device, quick, args.only, compile=compile_steps)
+    add_time_per_launch(steps)
+    for row in steps:
+        if "fast_us_per_launch" in row:
+            per = "  ".join(f"{k} {row[f'{k}_us_per_launch']:.1f}" for k in ("fast", "chapter", "chapter_compiled")
+                            if f"{k}_us_per_launch" in row)
+            print(f"  {row['paper']:12s} time per counted kernel launch (us): {per}", flush=True)
     print("[bench] data pipeline", flush=True)
     data = bench_data(device, steps)
     losses = []

@@ -64,3 +64,36 @@ def test_launch_bound_chapter_steps_are_also_timed_compiled(monkeypatch):
         with pytest.raises(Stop):
             run.main(argv)
     assert seen == [False, True]                           # off on a CPU unless asked (on by default on CUDA)
+
+
+def test_time_per_launch_divides_each_measured_step_by_its_counted_launches(tmp_path):
+    """``make bench`` joins its step times with benchmarks/kernel_launches.json: ms per step / launches."""
+    import json
+
+    from benchmarks import run
+
+    counts = {"steps": {"margin_mix": {"fast": {"launches": 500}, "chapter": {"launches": 700},
+                                       "chapter_compiled": {"launches": 300}},
+                        "caf": {"fast": {"launches": 550}, "chapter": {"launches": 560}}}}
+    (tmp_path / "launches.json").write_text(json.dumps(counts))
+    rows = [{"paper": "margin_mix", "fast_ms_per_step": 15.0, "chapter_ms_per_step": 21.0,
+             "chapter_compiled_ms_per_step": 12.0},
+            {"paper": "caf", "fast_ms_per_step": 5.5},            # no chapter timing in this row
+            {"paper": "udat_as", "fast_ms_per_step": 40.0}]       # not in the file
+    run.add_time_per_launch(rows, tmp_path / "launches.json")
+    assert rows[0]["fast_us_per_launch"] == pytest.approx(30.0)
+    assert rows[0]["chapter_us_per_launch"] == pytest.approx(30.0)
+    assert rows[0]["chapter_compiled_us_per_launch"] == pytest.approx(40.0)
+    assert rows[0]["chapter_compiled_launches"] == 300
+    assert rows[1]["fast_us_per_launch"] == pytest.approx(10.0) and "chapter_us_per_launch" not in rows[1]
+    assert not any(k.endswith("_us_per_launch") for k in rows[2])
+    run.add_time_per_launch(rows, tmp_path / "missing.json")   # no file (a checkout without it): nothing added
+
+
+def test_the_benchmark_reads_the_recorded_launch_counts():
+    from benchmarks import run
+    from benchmarks.steps import STEPS
+
+    rows = [{"paper": s.paper, "fast_ms_per_step": 1.0, "chapter_ms_per_step": 1.0} for s in STEPS]
+    run.add_time_per_launch(rows)
+    assert all(r["fast_us_per_launch"] > 0 and r["chapter_us_per_launch"] > 0 for r in rows)
