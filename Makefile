@@ -54,9 +54,10 @@ gpu-check: venv
 	$(PY) -m fer_nb.gpu_check --scales smoke gpu
 
 ## make device-wheels [DEVICE_PYTHON=3.12]: for a GPU machine without internet that has its own torch, the wheels
-## of benchmarks/device_wheels.txt into .whl/; copy .whl/ there and run `bash benchmarks/gpu_session.sh`
+## of benchmarks/device_wheels.txt into .whl/ (replacing the wheels there); copy .whl/ there and run `bash benchmarks/gpu_session.sh`
 DEVICE_PYTHON ?= 3.12
 device-wheels: venv
+	@rm -f .whl/*.whl
 	@$(PY) -m pip download --disable-pip-version-check -q --no-deps --only-binary=:all: --python-version $(DEVICE_PYTHON) \
 	  --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform any \
 	  -d .whl -r benchmarks/device_wheels.txt 2>&1 | grep -v "^WARNING: Location" || true

@@ -128,10 +128,10 @@ def add_time_per_launch(rows: list[dict], launches_file: Path = LAUNCHES) -> Non
         entry = counts.get(row["paper"])
         if entry is None:
             continue
-        for kind, counted in (("fast", "fast"), ("chapter", "chapter"), ("chapter_compiled", "chapter_compiled")):
-            if f"{kind}_ms_per_step" in row and counted in entry:
-                row[f"{kind}_launches"] = entry[counted]["launches"]
-                row[f"{kind}_us_per_launch"] = 1e3 * row[f"{kind}_ms_per_step"] / entry[counted]["launches"]
+        for kind in ("fast", "chapter", "chapter_compiled"):
+            if f"{kind}_ms_per_step" in row and kind in entry:
+                row[f"{kind}_launches"] = entry[kind]["launches"]
+                row[f"{kind}_us_per_launch"] = 1e3 * row[f"{kind}_ms_per_step"] / entry[kind]["launches"]
 
 
 def bench_data(device: torch.device, steps: list[dict]) -> list[dict]:
