@@ -147,12 +147,13 @@ DATA_DEPENDENT_SHAPE_OPS = {aten.nonzero.default, aten.masked_select.default, at
 HOST_VALUE_OPS = {aten._local_scalar_dense.default, aten.equal.default}
 
 
-def _caller() -> str:
-    """The innermost frame of the current call outside torch and this file, as ``file:line (code)``; the file
-    relative to ``fer_nb/`` (or ``benchmarks/``) when it is there, else its name."""
-    for f in reversed(traceback.extract_stack()[:-3]):
+def _caller(also_skip: tuple[str, ...] = ()) -> str:
+    """The innermost frame of the current call outside torch, this file and files ending in ``also_skip``, as
+    ``file:line (code)``; the file relative to ``fer_nb/`` (or ``benchmarks/``) when it is there, else its name."""
+    skipped = ("fake_cuda.py", "/contextlib.py", "/functools.py", *also_skip)
+    for f in reversed(traceback.extract_stack()):
         path = f.filename.replace("\\", "/")
-        if "/torch/" in path or path.endswith(("fake_cuda.py", "/contextlib.py", "/functools.py")):
+        if "/torch/" in path or path.endswith(skipped):
             continue
         for root in ("/fer_nb/", "/benchmarks/"):
             if root in path:

@@ -25,9 +25,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import json
-import os
 import sys
-import traceback
 from pathlib import Path
 from typing import Callable
 
@@ -35,7 +33,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
-from fake_cuda import fake_cuda
+from fake_cuda import _caller, fake_cuda
 
 aten = torch.ops.aten
 
@@ -43,7 +41,6 @@ aten = torch.ops.aten
 NO_KERNEL = {aten.empty.memory_format, aten.empty_strided.default, aten.empty_like.default, aten.detach.default,
              aten.lift_fresh.default, aten._local_scalar_dense.default, aten.equal.default,
              aten.set_.source_Storage_storage_offset, aten.resize_.default}
-SKIPPED_FILES = ("fake_cuda.py", "kernel_launches.py", "/contextlib.py", "/functools.py")
 NO_KERNEL_NAMES = {"_record_function_enter_new", "_record_function_exit", "profiler::_record_function_enter_new",
                    "profiler::_record_function_exit"}
 
@@ -61,20 +58,6 @@ def _on_cuda(args, kwargs) -> bool:
     return device is not None and torch.device(device).type == "cuda"
 
 
-def _asking_file() -> str:
-    """The innermost file outside torch and these test helpers on the stack, as ``fer_nb/...`` or
-    ``benchmarks/...``."""
-    for frame in reversed(traceback.extract_stack()):
-        path = frame.filename.replace("\\", "/")
-        if "/torch/" in path or path.endswith(SKIPPED_FILES):
-            continue
-        for root in ("fer_nb", "benchmarks"):
-            if f"/{root}/" in path:
-                return f"{root}/" + path.split(f"/{root}/")[-1]
-        return os.path.basename(path)
-    return "?"
-
-
 class LaunchCounter(TorchDispatchMode):
     """Count the GPU kernels of the ops run inside it (see the module docstring), split into ``eager`` and
     ``graph`` (ops of a network marked with :meth:`watch`, which a CUDA graph would replay)."""
@@ -82,7 +65,7 @@ class LaunchCounter(TorchDispatchMode):
     def __init__(self):
         super().__init__()
         self.eager: collections.Counter = collections.Counter()   # op name -> launches
-        self.eager_files: collections.Counter = collections.Counter()   # file that asked (fer_nb/...) -> launches
+        self.eager_files: collections.Counter = collections.Counter()   # file that asked (under fer_nb/) -> launches
         self.graph = 0                  # ops inside watched networks (forward and backward)
         self.replays = 0                # graph replays + input copies of the watched networks' calls
         self.graph_nodes: set = set()   # autograd nodes of the watched networks' forward graphs
@@ -100,7 +83,8 @@ class LaunchCounter(TorchDispatchMode):
             self.graph += 1
         else:
             self.eager[func.overloadpacket.__name__] += 1
-            self.eager_files["backward of eager ops" if node is not None else _asking_file()] += 1
+            where = "backward of eager ops" if node is not None else _caller(("kernel_launches.py",)).partition(":")[0]
+            self.eager_files[where] += 1
         return out
 
     @property

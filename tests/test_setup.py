@@ -1,4 +1,5 @@
-"""The README's set-up: ``make`` refuses to start installing .venv on a disk without room for it."""
+"""The README's set-up: `make` refuses to start installing .venv on a disk without room for it; the offline GPU check
+(`make device-wheels` here, `bash benchmarks/gpu_session.sh` there) carries the tested versions and runs with them."""
 from __future__ import annotations
 
 import shutil
