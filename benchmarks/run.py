@@ -111,6 +111,8 @@ def bench_steps(device: torch.device, quick: bool, only: list[str] | None, compi
 
 #: GPU kernel launches per step of each paper's steps, counted on fake CUDA (tests/kernel_launches.py)
 LAUNCHES = Path(__file__).parent / "kernel_launches.json"
+#: the timed steps of a row that the launch record also counts
+LAUNCH_KINDS = ("fast", "chapter", "chapter_compiled")
 
 
 def add_time_per_launch(rows: list[dict], launches_file: Path = LAUNCHES) -> None:
@@ -128,7 +130,7 @@ def add_time_per_launch(rows: list[dict], launches_file: Path = LAUNCHES) -> Non
         entry = counts.get(row["paper"])
         if entry is None:
             continue
-        for kind in ("fast", "chapter", "chapter_compiled"):
+        for kind in LAUNCH_KINDS:
             if f"{kind}_ms_per_step" in row and kind in entry:
                 row[f"{kind}_launches"] = entry[kind]["launches"]
                 row[f"{kind}_us_per_launch"] = 1e3 * row[f"{kind}_ms_per_step"] / entry[kind]["launches"]
@@ -188,7 +190,7 @@ def main(argv=None) -> int:
     add_time_per_launch(steps)
     for row in steps:
         if "fast_us_per_launch" in row:
-            per = "  ".join(f"{k} {row[f'{k}_us_per_launch']:.1f}" for k in ("fast", "chapter", "chapter_compiled")
+            per = "  ".join(f"{k} {row[f'{k}_us_per_launch']:.1f}" for k in LAUNCH_KINDS
                             if f"{k}_us_per_launch" in row)
             print(f"  {row['paper']:12s} time per counted kernel launch (us): {per}", flush=True)
     print("[bench] data pipeline", flush=True)

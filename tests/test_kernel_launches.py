@@ -33,7 +33,6 @@ def test_the_counter_counts_kernels_on_cuda_only_and_splits_off_a_watched_networ
             loss.backward()
         assert watched.replays == 3
         assert watched.graph >= 4                        # addmm, relu forward; their backward ops
-        print(watched.graph)
         assert dict(watched.eager) == {"mul": 2, "sum": 1, "ones_like": 1}   # x3 and its backward; the sum, its seed
         assert watched.launches == sum(watched.eager.values()) + 3
 
